@@ -1,0 +1,38 @@
+# `make serve` and `make test` are all the set-up a fresh clone needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install serve test lint typecheck examples clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(PY) -m server --config config.toml
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check server tests tools
+	$(VENV)/bin/ruff format --check server tests tools
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# Retrain the sample models from the data sets bundled with scikit-learn.
+examples: install
+	$(PY) -m pip install -q -e '.[examples]'
+	$(PY) tools/make_examples.py repository
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""POST /v2/models/{model}[/versions/{version}]/infer as a raw ASGI endpoint: the hot path.
+
+Why not a Starlette endpoint: on these 2-core machines a bare uvicorn ASGI app answers 23k
+requests/s, the same app behind Starlette's router and middleware 9.3k (12 route regexes, two
+exception middlewares, Request/Headers/Response objects per request). For the `tiny` model
+that difference is most of the request's cost, so `App` sends infer POSTs straight here and
+everything else through Starlette. The endpoint stays thin: read the body, decode, hand to the
+DataPlane, encode, send.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from . import protocol
+from .dataplane import DataPlane
+from .errors import CinferError, PayloadTooLarge
+
+log = logging.getLogger("cinfer")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+BINARY = b"application/octet-stream"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+def match(path: str) -> tuple[str, str | None] | None:
+    """(model, version) when `path` is an infer path, else None."""
+    parts = path.split("/")
+    n = len(parts)
+    if n == 5 and parts[4] == "infer" and parts[1] == "v2" and parts[2] == "models":
+        return parts[3], None
+    if (
+        n == 7
+        and parts[6] == "infer"
+        and parts[4] == "versions"
+        and parts[1] == "v2"
+        and parts[2] == "models"
+    ):
+        return parts[3], parts[5]
+    return None
+
+
+class InferEndpoint:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.limit = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = match(scope["path"])
+        assert target is not None, "routed here only for infer paths"
+        await self.handle(scope, receive, send, *target)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+    ) -> None:
+        length = encoding = header_length = accept = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1").strip().lower()
+            elif key == b"accept-encoding":
+                accept = value.decode("latin-1")
+        try:
+            body = await self._read_body(receive, length)
+            if encoding:
+                body = protocol.decompress(body, encoding, self.limit)
+            request = protocol.decode_request(body, header_length)
+            found, results = await self.dataplane.infer(model, version, request)
+            payload, json_length = protocol.encode_response(
+                found.name, found.version, request, results
+            )
+        except CinferError as exc:
+            await _send_error(send, exc.status_code, exc.message, exc.headers)
+            return
+        except ClientDisconnected:
+            return
+        except Exception as exc:
+            log.error("infer on model %s failed unexpectedly", model, exc_info=exc)
+            await _send_error(send, 500, "internal server error (see the server log)", None)
+            return
+        headers = [(b"content-type", JSON if json_length is None else BINARY)]
+        if json_length is not None:
+            headers.append((b"inference-header-content-length", str(json_length).encode()))
+        if accept:
+            payload, used = protocol.compress(payload, accept)
+            if used:
+                headers.append((b"content-encoding", used.encode()))
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
+        limit = self.limit
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(
+                f"request body of {length.decode()} bytes exceeds max_request_bytes ({limit})"
+            )
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit})")
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit})")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _send_error(send: Send, status: int, message: str, extra: dict[str, str] | None) -> None:
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+    for key, value in (extra or {}).items():
+        headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,139 @@
+"""model.toml: what a model folder declares, as pydantic models with unknown keys rejected.
+
+engine = "onnxruntime"       # required
+max_batch_size = 32          # 0 = no implicit batch dimension
+instances = 2
+[[inputs]] / [[outputs]]     # optional for engines that can read them from the file
+[batching]                   # present = dynamic batching on
+[version_policy]             # latest = N | all = true | specific = [..]
+[parameters]                 # engine options
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .datatypes import Datatype
+
+Dim = Annotated[int, Field(ge=-1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(Strict):
+    """One input or output tensor. With max_batch_size > 0 the shape excludes the batch dim."""
+
+    name: str = Field(min_length=1)
+    datatype: Datatype
+    shape: tuple[Dim, ...]
+    """Dimensions; -1 means any size."""
+
+    @model_validator(mode="after")
+    def _no_zero_dims(self) -> TensorSpec:
+        if 0 in self.shape:
+            raise ValueError(f"tensor '{self.name}': dimensions are -1 (any) or positive, got 0")
+        return self
+
+
+class Batching(Strict):
+    """Dynamic batching: requests for one version are run together when an instance is free."""
+
+    max_queue_delay_us: int = Field(0, ge=0)
+    """How long a partial batch may wait for more requests; 0 = never wait."""
+    preferred_batch_sizes: tuple[Annotated[int, Field(gt=0)], ...] = ()
+    """Batch sizes worth waiting for (within max_queue_delay_us)."""
+    max_queue_size: int = Field(1024, gt=0)
+    """Requests waiting beyond this are refused with 503."""
+    timeout_us: int = Field(0, ge=0)
+    """A request still queued after this long is refused with 503; 0 = no limit."""
+
+
+class VersionPolicy(Strict):
+    """Which numeric version folders are served: `latest = N`, `all = true` or `specific`."""
+
+    latest: int | None = Field(None, gt=0)
+    all: bool | None = None
+    specific: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> VersionPolicy:
+        given = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of latest, all, specific (got {', '.join(given)})")
+        if self.all is False:
+            raise ValueError("all = false selects nothing; use latest = N or specific = [...]")
+        if self.specific == ():
+            raise ValueError("specific = [] selects nothing")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among `available`, ascending."""
+        found = sorted(available)
+        if self.all:
+            return found
+        if self.specific is not None:
+            return [v for v in found if v in self.specific]
+        return found[-(self.latest or 1) :]
+
+    def as_triton(self) -> dict[str, Any]:
+        if self.all:
+            return {"all": {}}
+        if self.specific is not None:
+            return {"specific": {"versions": list(self.specific)}}
+        return {"latest": {"num_versions": self.latest or 1}}
+
+
+ParameterValue = str | int | float | bool
+
+
+class ModelConfig(Strict):
+    """The contents of one model.toml."""
+
+    engine: str = Field(min_length=1)
+    """Engine name: onnxruntime (more engines register in server.engines)."""
+    max_batch_size: int = Field(0, ge=0)
+    """0: shapes are complete; N > 0: shapes exclude a batch dim of up to N rows per request."""
+    instances: int = Field(1, ge=1, le=256)
+    """Engine instances running in parallel."""
+    description: str = ""
+    file: str | None = None
+    """Model file inside each version folder; each engine has its default (model.onnx, ...)."""
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+    batching: Batching | None = None
+    version_policy: VersionPolicy = VersionPolicy()
+    parameters: dict[str, ParameterValue] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.batching is not None:
+            if self.max_batch_size == 0:
+                raise ValueError("[batching] needs max_batch_size > 0")
+            too_big = [n for n in self.batching.preferred_batch_sizes if n > self.max_batch_size]
+            if too_big:
+                raise ValueError(
+                    f"[batching] preferred_batch_sizes {too_big} exceed max_batch_size "
+                    f"{self.max_batch_size}"
+                )
+        for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [t.name for t in tensors or ()]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{kind}: duplicate tensor name(s) {duplicates}")
+            if tensors == ():
+                raise ValueError(f"{kind}: declare at least one tensor or leave {kind} out")
+        if self.file is not None and (
+            "/" in self.file or "\\" in self.file or self.file in ("", ".", "..")
+        ):
+            raise ValueError(
+                f"file must be a file name inside the version folder, got {self.file!r}"
+            )
+        return self
+
+    def batch_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        """The full shape a request sends for `spec`: with the batch dim when batching."""
+        return (-1, *spec.shape) if self.max_batch_size > 0 else spec.shape

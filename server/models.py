@@ -1,0 +1,242 @@
+"""Loaded models: a `ModelVersion` is one version folder turned into a running instance pool.
+
+`load_version()` does the blocking work (engine load, schema check, warm-up) and is meant to
+run in a worker thread; the result is READY, or raises `ModelLoadError` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import signature
+from .datatypes import NUMPY
+from .engines import Engine, LoadOptions, cpu_count, engine_class
+from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
+from .model_config import ModelConfig
+from .protocol import InferInput
+from .repository import ModelSource
+from .scheduler import Completions, InstancePool, Outputs
+
+log = logging.getLogger("cinfer")
+
+
+class ModelState(str, enum.Enum):
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One version of a model: its effective config and, when READY, its instance pool."""
+
+    name: str
+    version: int
+    folder: Path
+    config: ModelConfig
+    """The effective config: inputs/outputs filled in and checked against the model file."""
+    pool: InstancePool | None = None
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._inputs = {t.name: t for t in self.config.inputs or ()}
+        self._outputs = [t.name for t in self.config.outputs or ()]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def prepare(
+        self, inputs: Sequence[InferInput], outputs: Sequence[str] | None
+    ) -> tuple[dict[str, np.ndarray], list[str], int]:
+        """Check a decoded request against the schema: (arrays in model order, outputs, rows)."""
+        given: dict[str, InferInput] = {}
+        for tensor in inputs:
+            if tensor.name in given:
+                raise InvalidRequest(f"input '{tensor.name}' is given more than once")
+            if tensor.name not in self._inputs:
+                raise InvalidRequest(
+                    f"unknown input '{tensor.name}' for model '{self.name}' "
+                    f"(it takes: {', '.join(self._inputs)})"
+                )
+            given[tensor.name] = tensor
+        config = self.config
+        batched = config.max_batch_size > 0
+        arrays: dict[str, np.ndarray] = {}
+        rows = 1
+        for name, spec in self._inputs.items():
+            found = given.get(name)
+            if found is None:
+                raise InvalidRequest(
+                    f"missing input '{name}' for model '{self.name}' "
+                    f"(it takes: {', '.join(self._inputs)})"
+                )
+            if found.datatype != spec.datatype:
+                raise InvalidRequest(
+                    f"input '{name}': datatype {found.datatype} does not match the model's "
+                    f"{spec.datatype}"
+                )
+            shape = found.array.shape
+            want = config.batch_shape(spec)
+            if len(shape) != len(want) or any(w not in (-1, s) for w, s in zip(want, shape)):
+                raise InvalidRequest(
+                    f"input '{name}': shape {list(shape)} does not fit the model's {list(want)}"
+                )
+            if batched:
+                if not arrays:
+                    rows = shape[0]
+                    if not 0 < rows <= config.max_batch_size:
+                        raise InvalidRequest(
+                            f"input '{name}': batch of {rows} rows; model '{self.name}' takes "
+                            f"1 to {config.max_batch_size} (max_batch_size)"
+                        )
+                elif shape[0] != rows:
+                    raise InvalidRequest(
+                        f"input '{name}': batch of {shape[0]} rows, but other inputs have {rows}"
+                    )
+            arrays[name] = found.array
+        if outputs is None:
+            names = self._outputs
+        else:
+            for out in outputs:
+                if out not in self._outputs:
+                    raise InvalidRequest(
+                        f"unknown output '{out}' requested from model '{self.name}' "
+                        f"(it has: {', '.join(self._outputs)})"
+                    )
+            names = list(dict.fromkeys(outputs))
+        return arrays, names, rows
+
+    async def infer(
+        self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int
+    ) -> Outputs:
+        pool = self.pool
+        if pool is None or self.state is not ModelState.READY:
+            raise Unavailable(f"model '{self.name}' version {self.version} is not ready")
+        return await pool.submit(arrays, outputs, rows)
+
+
+@dataclass(eq=False)
+class Model:
+    """A model name and the versions loaded (or failed) for it."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    """The versions requests are routed to (READY) or that failed (UNAVAILABLE)."""
+    loading: dict[int, ModelVersion] = field(default_factory=dict)
+    """Versions being loaded beside the serving ones; swapped in when READY."""
+    reason: str = ""
+    """Why the model as a whole is unavailable (model.toml unreadable, no versions)."""
+    description: str = ""
+
+    def get(self, version: str | None) -> ModelVersion:
+        """The requested version, or the default: the highest READY version."""
+        if version:
+            try:
+                found = self.versions[int(version)]
+            except (KeyError, ValueError):
+                available = ", ".join(str(v) for v in sorted(self.versions)) or "none"
+                raise NotFound(
+                    f"model '{self.name}' has no version {version!r} (available: {available})"
+                ) from None
+            return found
+        ready = [v for v in self.versions.values() if v.ready]
+        if ready:
+            return max(ready, key=lambda v: v.version)
+        if self.versions:
+            return self.versions[max(self.versions)]
+        raise Unavailable(f"model '{self.name}' is not available: {self.reason or 'no versions'}")
+
+
+def load_version(
+    source: ModelSource,
+    version: int,
+    completions: Completions,
+    loop: asyncio.AbstractEventLoop,
+) -> ModelVersion:
+    """Blocking: load, check, warm up and start one version. Raises ModelLoadError."""
+    started = time.perf_counter()
+    config = source.config
+    folder = source.versions[version]
+    try:
+        cls = engine_class(config.engine)
+    except CinferError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    path = folder / (config.file or cls.default_file)
+    if not path.exists():
+        raise ModelLoadError(f"missing model file {path}")
+    declared = (
+        [t.model_copy(update={"shape": config.batch_shape(t)}) for t in config.inputs]
+        if config.inputs
+        else None,
+        [t.model_copy(update={"shape": config.batch_shape(t)}) for t in config.outputs]
+        if config.outputs
+        else None,
+    )
+    options = LoadOptions(
+        path=path,
+        instances=config.instances,
+        threads=max(1, cpu_count() // config.instances),
+        parameters=config.parameters,
+        declared_inputs=declared[0],
+        declared_outputs=declared[1],
+    )
+    try:
+        engine = cls(options)
+    except CinferError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{config.engine} cannot load {path}: {exc}") from exc
+    try:
+        inputs, outputs = signature.resolve(config, engine.inputs, engine.outputs)
+        effective = config.model_copy(update={"inputs": inputs, "outputs": outputs})
+        _warm_up(engine, effective, config.instances)
+    except BaseException:
+        engine.close()
+        raise
+    loaded = ModelVersion(source.name, version, folder, effective)
+    pool = InstancePool(loaded.label, engine, effective, completions, loop)
+    pool.start(config.instances)
+    loaded.pool = pool
+    loaded.state = ModelState.READY
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def warmup_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
+    """Zeros (or one-byte strings) of the declared shapes, -1 dims and the batch dim as 1."""
+    arrays = {}
+    for spec in config.inputs or ():
+        shape = tuple(1 if d == -1 else d for d in config.batch_shape(spec))
+        if spec.datatype == "BYTES":
+            arrays[spec.name] = np.full(shape, b"0", dtype=object)
+        else:
+            arrays[spec.name] = np.zeros(shape, dtype=NUMPY[spec.datatype])
+    return arrays
+
+
+def _warm_up(engine: Engine, config: ModelConfig, instances: int) -> None:
+    inputs = warmup_inputs(config)
+    names = [t.name for t in config.outputs or ()]
+    for instance in range(instances):
+        try:
+            engine.run(instance, inputs, names)
+        except Exception as exc:
+            raise ModelLoadError(f"warm-up inference failed: {exc}") from exc

@@ -1,0 +1,92 @@
+"""The model repository on disk: which model folders exist and what each declares.
+
+    repository/
+      iris/
+        model.toml
+        1/model.onnx
+        2/model.onnx
+
+Entries starting with "." are ignored (so ``cp -r m repository/.m.tmp && mv ...`` publishes
+atomically); so are non-numeric folders inside a model, with a warning. Reading a model is a
+pure function of the files, so it can be called again for one model at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import configfile
+from .errors import ConfigError
+from .model_config import ModelConfig
+
+log = logging.getLogger("cinfer")
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+MANIFEST = "model.toml"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model folder as found on disk: its config and the version folders it selects."""
+
+    name: str
+    folder: Path
+    config: ModelConfig
+    versions: dict[int, Path]
+    """Selected version -> version folder, by the model's version_policy."""
+
+
+def list_models(root: Path) -> list[str]:
+    """Names of the model folders in `root`, sorted; hidden and invalid names are skipped."""
+    try:
+        entries = sorted(root.iterdir())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model repository {root} does not exist") from exc
+    except NotADirectoryError as exc:
+        raise ConfigError(f"model repository {root} is not a folder") from exc
+    names = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if not MODEL_NAME.match(entry.name):
+            log.warning("ignoring folder %s: model names are [A-Za-z0-9_.-]+", entry)
+            continue
+        names.append(entry.name)
+    return names
+
+
+def read_model(root: Path, name: str) -> ModelSource:
+    """Read `root/name/model.toml` and select its versions; raises ConfigError naming the file."""
+    if not MODEL_NAME.match(name):
+        raise ConfigError(f"invalid model name {name!r}: model names are [A-Za-z0-9_.-]+")
+    folder = root / name
+    if not folder.is_dir():
+        raise ConfigError(f"no model folder {folder}")
+    manifest = folder / MANIFEST
+    data, text = configfile.read(manifest)
+    config = configfile.parse(ModelConfig, data, str(manifest), text)
+    available = version_folders(folder)
+    if not available:
+        raise ConfigError(f"{folder}: no numeric version folder (expected {folder}/1/...)")
+    selected = config.version_policy.select(list(available))
+    if not selected:
+        raise ConfigError(
+            f"{manifest}: version_policy selects none of the versions on disk {sorted(available)}"
+        )
+    return ModelSource(name, folder, config, {v: available[v] for v in selected})
+
+
+def version_folders(folder: Path) -> dict[int, Path]:
+    """Numeric subfolders of a model folder; other folders are ignored with a warning."""
+    found: dict[int, Path] = {}
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if entry.name.isdigit() and entry.name.isascii():
+            found[int(entry.name)] = entry
+        else:
+            log.warning("ignoring folder %s: version folders are numeric", entry)
+    return found

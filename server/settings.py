@@ -1,0 +1,102 @@
+"""Server settings: config.toml, then `CINFER_<SECTION>__<KEY>` variables, then CLI flags.
+
+Each section is a pydantic model with ``extra="forbid"``, so an unknown key in the file stops
+start-up with a message naming the key, the file and the line. An unknown ``CINFER_*``
+variable only logs a warning: the environment is shared with other tools and with later
+versions of this server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import configfile
+from .errors import ConfigError
+
+log = logging.getLogger("cinfer")
+
+ENV_PREFIX = "CINFER_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Largest request body accepted; larger bodies are refused with 413."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+class RepositorySettings(Section):
+    path: Path = Path("repository")
+    """The model repository: one folder per model."""
+
+
+class Settings(Section):
+    server: ServerSettings = ServerSettings()
+    repository: RepositorySettings = RepositorySettings()
+
+
+def load(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings from the file at `path` (optional), the environment and `overrides`.
+
+    `overrides` holds the CLI flags as ``{"server": {"port": 9000}}``; None values are skipped.
+    A relative ``[repository] path`` in a file is taken relative to that file's folder.
+    """
+    data: dict[str, Any] = {}
+    text = None
+    source = "settings"
+    if path is not None:
+        data, text = configfile.read(path)
+        source = str(path)
+        repo = data.get("repository")
+        if isinstance(repo, dict) and isinstance(repo.get("path"), str):
+            repo["path"] = str(path.parent / repo["path"])
+    settings = configfile.parse(Settings, data, source, text)
+    merged = settings.model_dump()
+    _apply_env(merged, os.environ if env is None else env)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                merged.setdefault(section, {})[key] = value
+    return configfile.parse(Settings, merged, "environment or command line")
+
+
+def _apply_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        fields = Settings.model_fields
+        if not sep or section not in fields:
+            log.warning("ignoring unknown setting %s: no section [%s]", name, section)
+            continue
+        annotation = fields[section].annotation
+        if not isinstance(annotation, type) or key not in annotation.model_fields:
+            log.warning("ignoring unknown setting %s: no key %r in [%s]", name, key, section)
+            continue
+        merged[section][key] = _env_value(raw)
+
+
+def _env_value(raw: str) -> Any:
+    """Arrays and tables are read as TOML (``["10.0.0.0/8"]``); pydantic coerces the rest."""
+    if raw.lstrip()[:1] in ("[", "{"):
+        try:
+            return configfile.loads(f"v = {raw}", "environment")["v"]
+        except ConfigError:
+            return raw
+    return raw

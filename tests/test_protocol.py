@@ -1,0 +1,341 @@
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import zlib
+
+import numpy as np
+import orjson
+import pytest
+
+from server.datatypes import BF16, NUMPY
+from server.errors import InvalidRequest, PayloadTooLarge, Unsupported
+from server.protocol import (
+    InferRequest,
+    RequestedOutput,
+    compress,
+    decode_request,
+    decompress,
+    encode_response,
+)
+
+
+def body(*inputs: dict, **extra: object) -> bytes:
+    return json.dumps({"inputs": list(inputs), **extra}).encode()
+
+
+def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), str(len(head))
+
+
+def bytes_blob(values: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+
+
+NUMERIC = [d for d in NUMPY if d not in ("BYTES", "BOOL", "BF16")]
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_json_numbers_of_every_datatype(datatype: str) -> None:
+    request = decode_request(
+        body({"name": "x", "shape": [2, 2], "datatype": datatype, "data": [1, 2, 3, 4]}), None
+    )
+    array = request.inputs[0].array
+    assert array.dtype == NUMPY[datatype]
+    assert array.tolist() == [[1, 2], [3, 4]]
+
+
+def test_json_nested_data_and_bool_bf16_bytes() -> None:
+    request = decode_request(
+        body(
+            {"name": "f", "shape": [2, 2], "datatype": "FP32", "data": [[1.5, 2], [3, 4]]},
+            {"name": "b", "shape": [3], "datatype": "BOOL", "data": [True, False, True]},
+            {"name": "h", "shape": [2], "datatype": "BF16", "data": [1.5, -2.0]},
+            {"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["héllo"], ["x"]]},
+        ),
+        None,
+    )
+    f, b, h, s = (i.array for i in request.inputs)
+    assert f.tolist() == [[1.5, 2.0], [3.0, 4.0]]
+    assert b.dtype == np.bool_ and b.tolist() == [True, False, True]
+    assert h.dtype == BF16 and h.astype(np.float32).tolist() == [1.5, -2.0]
+    assert s.shape == (2, 1) and s.ravel().tolist() == ["héllo".encode(), b"x"]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (
+            {"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]},
+            r"input 'x': shape \[3\] needs 3 elements, 'data' has 2",
+        ),
+        (
+            {"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", "b"]},
+            r"input 'x': FP32 data must be numbers, got strings",
+        ),
+        (
+            {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, None]},
+            r"input 'x': FP32 data must be numbers, got mixed or null",
+        ),
+        (
+            {"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]},
+            r"input 'x': 'data' is not a regular array",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "INT8", "data": [300]},
+            r"input 'x': value out of range for INT8 \[-128, 127\]",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]},
+            r"input 'x': INT32 data must be integers",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]},
+            r"input 'x': BOOL data must be true/false",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]},
+            r"input 'x': BYTES data must be strings",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]},
+            r"input 'x': unknown datatype 'FLOAT'",
+        ),
+        (
+            {"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]},
+            r"input 'x': 'shape' must be a list of non-negative integers",
+        ),
+        ({"name": "x", "shape": "3", "datatype": "FP32", "data": [1]}, r"'shape' must be a list"),
+        (
+            {"name": "x", "shape": [1], "datatype": "FP32"},
+            r"input 'x' has neither 'data' nor binary_data_size",
+        ),
+        ({"shape": [1], "datatype": "FP32", "data": [1]}, r"inputs\[0\] needs a 'name'"),
+    ],
+)
+def test_json_input_errors_name_the_tensor(tensor: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_request(body(tensor), None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", r"malformed JSON"),
+        (b"[1, 2]", r"must be a JSON object"),
+        (b'{"inputs": []}', r"needs 'inputs', a non-empty list"),
+        (b'{"inputs": [1]}', r"inputs\[0\] must be a JSON object"),
+        (b'{"inputz": []}', r"unknown field\(s\) in the inference request: \['inputz'\]"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": {}}',
+            r"'outputs' must be a list",
+        ),
+        (
+            b'{"parameters": {"sequence_id": 7}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}',
+            r"sequence batching is not supported",
+        ),
+    ],
+)
+def test_request_level_errors(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_request(raw, None)
+
+
+def test_classification_is_reported_unsupported() -> None:
+    raw = body(
+        {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+        outputs=[{"name": "y", "parameters": {"classification": 2}}],
+    )
+    with pytest.raises(Unsupported, match="classification"):
+        decode_request(raw, None)
+
+
+def test_binary_inputs_of_every_kind() -> None:
+    f = np.arange(6, dtype=np.float32).reshape(2, 3)
+    h = np.array([1.5, 2.5], dtype=BF16)
+    b = np.array([True, False])
+    strings = [b"ab", b"", "é".encode()]
+    header = {
+        "id": "req-7",
+        "inputs": [
+            {
+                "name": "f",
+                "shape": [2, 3],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": f.nbytes},
+            },
+            {"name": "j", "shape": [1], "datatype": "INT64", "data": [5]},
+            {"name": "h", "shape": [2], "datatype": "BF16", "parameters": {"binary_data_size": 4}},
+            {"name": "b", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}},
+            {
+                "name": "s",
+                "shape": [3],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": 16},
+            },
+        ],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}],
+    }
+    raw, length = binary_body(header, f.tobytes(), h.tobytes(), b.tobytes(), bytes_blob(strings))
+    request = decode_request(raw, length)
+    arrays = {i.name: i.array for i in request.inputs}
+    assert request.id == "req-7"
+    np.testing.assert_array_equal(arrays["f"], f)
+    assert arrays["j"].tolist() == [5]
+    assert arrays["h"].dtype == BF16 and arrays["h"].astype(np.float32).tolist() == [1.5, 2.5]
+    assert arrays["b"].tolist() == [True, False]
+    assert arrays["s"].tolist() == strings
+    assert request.outputs == [RequestedOutput("y", True), RequestedOutput("z", False)]
+
+
+@pytest.mark.parametrize(
+    ("size", "blob", "length", "message"),
+    [
+        (
+            8,
+            b"\0" * 8,
+            None,
+            r"input 'x': shape \[3\] of FP32 needs 12 bytes, binary_data_size is 8",
+        ),
+        (
+            12,
+            b"\0" * 8,
+            None,
+            r"binary_data_size 12 runs past the end of the body \(8 bytes left\)",
+        ),
+        (12, b"\0" * 16, None, r"4 bytes of binary data that no input claims"),
+        (12, b"\0" * 12, "abc", r"Inference-Header-Content-Length must be an integer"),
+        (12, b"\0" * 12, "100000", r"does not fit a body of"),
+        (-1, b"", None, r"binary_data_size must be a non-negative integer"),
+    ],
+)
+def test_binary_errors(size: int, blob: bytes, length: str | None, message: str) -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [3],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": size},
+            }
+        ]
+    }
+    raw, real_length = binary_body(header, blob)
+    with pytest.raises(InvalidRequest, match=message):
+        decode_request(raw, length or real_length)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (struct.pack("<I", 10) + b"abc", r"BYTES element 0 claims 10 bytes, only 3 are left"),
+        (struct.pack("<I", 1) + b"a", r"BYTES data ends after 1 of 2 elements"),
+        (bytes_blob([b"a", b"b"]) + b"zz", r"2 bytes left over after 2 BYTES elements"),
+    ],
+)
+def test_binary_bytes_errors(blob: bytes, message: str) -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "s",
+                "shape": [2],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        ]
+    }
+    raw, length = binary_body(header, blob)
+    with pytest.raises(InvalidRequest, match=message):
+        decode_request(raw, length)
+
+
+def test_binary_bool_must_be_zero_or_one() -> None:
+    header = {
+        "inputs": [
+            {"name": "b", "shape": [1], "datatype": "BOOL", "parameters": {"binary_data_size": 1}}
+        ]
+    }
+    raw, length = binary_body(header, b"\x07")
+    with pytest.raises(InvalidRequest, match="BOOL bytes must be 0 or 1"):
+        decode_request(raw, length)
+
+
+def test_encode_json_outputs_carry_no_parameters_and_echo_id() -> None:
+    request = InferRequest(inputs=[], outputs=None, id="abc")
+    results = {
+        "y": np.array([[1.5, 2.0]], dtype=np.float32),
+        "s": np.array([b"hi", "é".encode()], dtype=object),
+        "h": np.array([0.5], dtype=np.float16),
+        "b": np.array([0.25], dtype=BF16),
+        "t": np.array([True]),
+    }
+    payload, length = encode_response("m", 3, request, results)
+    assert length is None
+    doc = orjson.loads(payload)
+    assert doc["model_name"] == "m" and doc["model_version"] == "3" and doc["id"] == "abc"
+    outputs = {o["name"]: o for o in doc["outputs"]}
+    assert outputs["y"] == {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.0]}
+    assert outputs["s"]["datatype"] == "BYTES" and outputs["s"]["data"] == ["hi", "é"]
+    assert outputs["h"]["datatype"] == "FP16" and outputs["h"]["data"] == [0.5]
+    assert outputs["b"]["datatype"] == "BF16" and outputs["b"]["data"] == [0.25]
+    assert outputs["t"]["data"] == [True]
+    assert all("parameters" not in o for o in doc["outputs"])
+
+
+def test_encode_binary_outputs_subset_in_requested_order() -> None:
+    request = InferRequest(
+        inputs=[],
+        outputs=[
+            RequestedOutput("s", True),
+            RequestedOutput("y", True),
+            RequestedOutput("n", False),
+        ],
+    )
+    y = np.arange(4, dtype=np.float32).reshape(2, 2)[:, ::-1]  # not contiguous
+    results = {
+        "y": y,
+        "s": np.array([b"ab", b"c"], dtype=object),
+        "n": np.array([7], np.int64),
+        "unused": y,
+    }
+    payload, length = encode_response("m", 1, request, results)
+    assert length is not None
+    doc = orjson.loads(payload[:length])
+    assert [o["name"] for o in doc["outputs"]] == ["s", "y", "n"]
+    s_size = doc["outputs"][0]["parameters"]["binary_data_size"]
+    y_size = doc["outputs"][1]["parameters"]["binary_data_size"]
+    assert payload[length : length + s_size] == bytes_blob([b"ab", b"c"])
+    y_bytes = payload[length + s_size : length + s_size + y_size]
+    np.testing.assert_array_equal(np.frombuffer(y_bytes, np.float32).reshape(2, 2), y)
+    assert doc["outputs"][2]["data"] == [7]
+    assert len(payload) == length + s_size + y_size
+
+
+def test_request_level_binary_data_output() -> None:
+    raw = body(
+        {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+        parameters={"binary_data_output": True},
+    )
+    request = decode_request(raw, None)
+    payload, length = encode_response("m", 1, request, {"y": np.array([2.0], np.float32)})
+    assert length is not None
+    assert orjson.loads(payload[:length])["outputs"][0]["parameters"] == {"binary_data_size": 4}
+
+
+def test_gzip_and_deflate_round_trip_and_limits() -> None:
+    raw = b'{"inputs": []}' * 100
+    assert decompress(gzip.compress(raw), "gzip", 10_000) == raw
+    assert decompress(zlib.compress(raw), "deflate", 10_000) == raw
+    with pytest.raises(PayloadTooLarge, match="decompressed body exceeds"):
+        decompress(gzip.compress(b"\0" * 100_000), "gzip", 1000)
+    with pytest.raises(InvalidRequest, match="not valid gzip"):
+        decompress(b"garbage", "gzip", 1000)
+    with pytest.raises(Unsupported, match="br"):
+        decompress(raw, "br", 1000)
+    packed, used = compress(raw, "gzip, deflate")
+    assert used == "gzip" and gzip.decompress(packed) == raw
+    packed, used = compress(raw, "deflate")
+    assert used == "deflate" and zlib.decompress(packed) == raw
+    assert compress(raw, "br") == (raw, None)

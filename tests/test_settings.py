@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from server.errors import ConfigError
+from server.settings import Settings, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    settings = load(None, env={})
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8000
+    assert settings.server.max_request_bytes == 64 * 1024 * 1024
+    assert settings.server.log_level == "info"
+    assert settings.repository.path == Path("repository")
+
+
+def test_every_key_from_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nhost = "0.0.0.0"\nport = 9001\nmax_request_bytes = 1024\nlog_level = "debug"\n'
+        '[repository]\npath = "models"\n',
+    )
+    settings = load(path, env={})
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.port == 9001
+    assert settings.server.max_request_bytes == 1024
+    assert settings.server.log_level == "debug"
+    # A relative repository path is relative to the config file's folder.
+    assert settings.repository.path == tmp_path / "models"
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nhost = "x"\nprot = 9000\n')
+    with pytest.raises(ConfigError) as err:
+        load(path, env={})
+    assert str(err.value) == f"{path} line 3: [server] prot: unknown key"
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "[sever]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"line 1: sever: unknown key"):
+        load(path, env={})
+
+
+def test_wrong_type_names_key_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = "eighty"\n')
+    with pytest.raises(ConfigError) as err:
+        load(path, env={})
+    message = str(err.value)
+    assert message.startswith(f"{path} line 2: [server] port:")
+    assert "'eighty'" in message
+
+
+def test_out_of_range_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[server\] port: Input should be less than or equal"):
+        load(write(tmp_path, "[server]\nport = 70000\n"), env={})
+
+
+def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = = 1\n")
+    with pytest.raises(ConfigError, match=rf"{path}: invalid TOML: .*line 2"):
+        load(path, env={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "nope.toml", env={})
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 9001\n")
+    settings = load(
+        path,
+        env={"CINFER_SERVER__PORT": "9002", "CINFER_SERVER__LOG_LEVEL": "warning", "HOME": "/x"},
+    )
+    assert settings.server.port == 9002
+    assert settings.server.log_level == "warning"
+
+
+def test_cli_overrides_environment(tmp_path: Path) -> None:
+    settings = load(
+        None,
+        env={"CINFER_SERVER__PORT": "9002", "CINFER_REPOSITORY__PATH": "/srv/models"},
+        overrides={"server": {"port": 9003, "host": None}, "repository": {"path": None}},
+    )
+    assert settings.server.port == 9003
+    assert settings.server.host == "127.0.0.1"  # None means "not given"
+    assert settings.repository.path == Path("/srv/models")
+
+
+def test_bad_environment_value_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"\[server\] port"):
+        load(None, env={"CINFER_SERVER__PORT": "lots"})
+
+
+def test_unknown_environment_variables_warn_and_are_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="cinfer"):
+        settings = load(
+            None, env={"CINFER_AUTH__ENABLED": "false", "CINFER_SERVER__PROT": "1", "CINFER_X": "1"}
+        )
+    assert settings == Settings()
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "CINFER_AUTH__ENABLED" in messages and "no section [auth]" in messages
+    assert "CINFER_SERVER__PROT" in messages and "no key 'prot'" in messages
+    assert "CINFER_X" in messages
+
+
+def test_shipped_config_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    settings = load(root / "config.toml", env={})
+    assert settings.repository.path == root / "repository"
+    assert settings.server.port == 8000
