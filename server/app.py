@@ -19,9 +19,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import openapi, wire
+from . import admin, openapi, wire
+from .auth import AuthMiddleware
 from .dataplane import DataPlane
 from .errors import CinferError, InvalidRequest, PayloadTooLarge
+from .guard import Guard
 from .infer import InferEndpoint, Receive, Scope, Send, match
 from .settings import Settings
 
@@ -35,8 +37,15 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def create_app(settings: Settings, dataplane: DataPlane) -> App:
-    """The ASGI application; `dataplane` starts loading the repository when the app starts."""
+def create_app(
+    settings: Settings, dataplane: DataPlane, guard: Guard | None = None
+) -> App | AuthMiddleware:
+    """The ASGI application; `dataplane` starts loading the repository when the app starts.
+
+    With a `guard` (the caller builds one when ``[auth] enabled``), every request but the
+    health probes needs an API token, and /admin serves token management; without one the
+    server is open.
+    """
     limit = settings.server.max_request_bytes
 
     async def read_body(request: Request) -> bytes:
@@ -135,11 +144,17 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await dataplane.start()
+        if guard is not None:
+            await guard.start()
         try:
-            yield
+            await dataplane.start()
+            try:
+                yield
+            finally:
+                await dataplane.stop()
         finally:
-            await dataplane.stop()
+            if guard is not None:
+                await guard.stop()
 
     from swagger_ui_bundle import swagger_ui_path
 
@@ -165,6 +180,8 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
             # Reached only for what App does not take first (e.g. GET -> 405).
             Route(f"{prefix}/infer", infer, methods=["POST"]),
         ]
+    if guard is not None:
+        routes += admin.routes(guard)
     starlette = Starlette(
         routes=routes,
         exception_handlers={
@@ -174,7 +191,8 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
         },
         lifespan=lifespan,
     )
-    return App(starlette, infer)
+    app = App(starlette, infer)
+    return app if guard is None else AuthMiddleware(app, guard)
 
 
 class App:

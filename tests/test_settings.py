@@ -108,11 +108,11 @@ def test_unknown_environment_variables_warn_and_are_ignored(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="cinfer"):
         settings = load(
-            None, env={"CINFER_AUTH__ENABLED": "false", "CINFER_SERVER__PROT": "1", "CINFER_X": "1"}
+            None, env={"CINFER_AUHT__ENABLED": "false", "CINFER_SERVER__PROT": "1", "CINFER_X": "1"}
         )
     assert settings == Settings()
     messages = "\n".join(r.getMessage() for r in caplog.records)
-    assert "CINFER_AUTH__ENABLED" in messages and "no section [auth]" in messages
+    assert "CINFER_AUHT__ENABLED" in messages and "no section [auht]" in messages
     assert "CINFER_SERVER__PROT" in messages and "no key 'prot'" in messages
     assert "CINFER_X" in messages
 
