@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -29,6 +30,9 @@ from .errors import Conflict, DatabaseError, NotFound
 from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
 
 log = logging.getLogger("cinfer")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MIGRATIONS: list[list[str]] = [
     # 1 (issue 5): tokens and the per-request usage log.
@@ -78,6 +82,17 @@ _COLUMNS = (
     "id, name, secret_sha256, remark, created_at, expires_at, status, scopes, models, ips, "
     "rate_limit, monthly_quota, usage_month, used, last_used_at"
 )
+
+
+def _uncancellable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Awaitable[T]]:
+    """Run a write to its end (commit or rollback) even when its caller is cancelled: a
+    cancellation between BEGIN and COMMIT would leave the shared connection in a transaction."""
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(method(*args, **kwargs))
+
+    return run
 
 
 class Database:
@@ -172,6 +187,7 @@ class Database:
             raise NotFound(f"no token with id or name {ref!r}")
         return _token(rows[0])
 
+    @_uncancellable
     async def create(self, spec: TokenSpec) -> tuple[Token, str]:
         """Store a new token; returns it and the full token string, which is not kept."""
         now = self.clock()
@@ -198,6 +214,7 @@ class Database:
                 )
         return token, plaintext
 
+    @_uncancellable
     async def update(self, ref: str, patch: TokenPatch) -> Token:
         """Apply the fields set in `patch`; a revoked token can only be deleted."""
         fields = patch.model_fields_set
@@ -249,6 +266,7 @@ class Database:
         """Set a new expiry (``2027-01-31``, ``30d`` from now, ``never``)."""
         return await self.update(ref, TokenPatch(expires=expires))
 
+    @_uncancellable
     async def reset_usage(self, ref: str) -> Token:
         """Set this month's count to 0 (requests a running server has not written yet stay)."""
         async with self._transaction() as conn:
@@ -257,6 +275,7 @@ class Database:
         token.used = 0
         return token
 
+    @_uncancellable
     async def delete(self, ref: str) -> Token:
         """Remove the token; its usage log rows stay (with its id) until they age out."""
         async with self._transaction() as conn:
@@ -270,6 +289,7 @@ class Database:
         """Changes when another connection (the CLI, another server) commits to the file."""
         return int(await self._scalar("PRAGMA data_version"))
 
+    @_uncancellable
     async def save_usage(self, counts: Sequence[UsageCount], rows: Sequence[LogRow]) -> None:
         """Add request counts (as deltas, so writers never overwrite each other) and log rows.
 
@@ -292,6 +312,7 @@ class Database:
                 rows,
             )
 
+    @_uncancellable
     async def prune(self, before: float, *, batch: int = 10_000) -> int:
         """Delete usage log rows older than `before`, a batch per transaction."""
         total = 0
@@ -367,10 +388,11 @@ class Database:
                 await conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    await conn.execute("COMMIT")
                 except BaseException:
-                    await conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        await conn.execute("ROLLBACK")
                     raise
-                await conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _translate(self) -> Iterator[None]:

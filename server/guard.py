@@ -167,6 +167,7 @@ class Guard:
         self._pruned = 0.0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -188,14 +189,16 @@ class Guard:
             log.info(
                 "authentication is on: %d API token(s) in %s", len(self._grants), self.database.path
             )
-        self._task = asyncio.create_task(self._run())
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run(self._stopping))
 
     async def stop(self) -> None:
         """Write what is still in memory and close the database."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is not None and self._stopping is not None:
+            # Let a sync in progress finish rather than cancel it between its write and its
+            # bookkeeping (the counts would then be written twice).
+            self._stopping.set()
+            await self._task
             self._task = None
         try:
             async with self._lock:
@@ -203,9 +206,12 @@ class Guard:
         finally:
             await self.database.close()
 
-    async def _run(self) -> None:
+    async def _run(self, stopping: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
+            if stopping.is_set():
+                return
             try:
                 await self.sync()
             except CinferError as exc:
