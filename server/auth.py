@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .errors import CinferError
-from .guard import Guard, Need
+from .guard import MAX_CACHED, Guard, Need
 from .infer import Receive, Scope, Send, match
 
 ANY = Need(())
@@ -77,6 +77,8 @@ class AuthMiddleware:
         self.app = app
         self.guard = guard
         self.router = app.router  # lifespan_context, as on the wrapped app
+        self._needs: dict[str, Need | None] = {}
+        """requirement() per path seen: the infer path of a model is parsed once."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -87,7 +89,14 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        need = requirement(scope["path"], guard.public_metadata)
+        path = scope["path"]
+        try:
+            need = self._needs[path]
+        except KeyError:
+            need = requirement(path, guard.public_metadata)
+            if len(self._needs) >= MAX_CACHED:
+                self._needs.clear()
+            self._needs[path] = need
         if need is None:
             await self.app(scope, receive, send)
             return

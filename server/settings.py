@@ -46,8 +46,10 @@ class AuthSettings(Section):
     """API tokens (docs/auth.md). The server enforces them when `enabled`; `cinfer tokens`
     manages the same `database` either way."""
 
-    enabled: bool = True
-    """Require an API token on every request but /v2/health/*."""
+    enabled: bool = False
+    """Require an API token on every request but /v2/health/*. The shipped config.toml turns
+    this on; a settings file without an [auth] table (older ones, tests, embedders) keeps the
+    server open as before, and `serve` warns when that open server listens beyond loopback."""
     database: Path = Path("data/cinfer.db")
     """SQLite file of tokens and usage, created with its folder; relative to the config file."""
     public_metadata: bool = False

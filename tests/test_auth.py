@@ -100,7 +100,9 @@ async def guarded(
 ) -> AsyncIterator[Harness]:
     root = tmp_path / "models"
     onnx_models.model_folder(root, "tiny", TINY, {1: tiny_onnx})
-    settings = Settings(auth=AuthSettings(database=tmp_path / "data" / "cinfer.db", **auth))
+    settings = Settings(
+        auth=AuthSettings(enabled=True, database=tmp_path / "data" / "cinfer.db", **auth)
+    )
     clock = Clock(now)
     guard = Guard(
         Database(settings.auth.database, clock=clock), settings.auth, clock=clock, interval=interval
