@@ -9,7 +9,9 @@
 #   tell the cost of the checks from the cost of writing the log.
 # Needs wrk and the peers' models and bodies under $PEERS_HOME (default /tmp/cinfer-peers;
 # ../shared/peers/compare.sh --servers ours writes them). PORT (default 18150) is where the
-# server listens. Prints one line per run and, per payload, the on/off ratio of the medians.
+# server listens. Prints one line per run and a table of the medians over the rounds: infer/s
+# and the server's CPU time per answered request (user + system, all its threads), which
+# moves less than infer/s when other work shares the machine.
 set -euo pipefail
 
 project=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,14 +58,23 @@ start() {  # auth: true|false, usage log retention days
   echo "server did not start; its log:" >&2; cat "$work/server.log" >&2; exit 1
 }
 
-run() {  # label payload token -> prints "label payload rps"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }  # the server's user + system time
+clk=$(getconf CLK_TCK)
+
+run() {  # label payload token -> prints the wrk line; records "label payload rps cpu_us"
   local body="$home/tiny.json" hdr=""
   [ "$2" = binary ] && { body="$home/tiny.bin"; hdr=$(cat "$home/tiny.binhdr"); }
-  local line
+  local line before after rps cpu
+  before=$(cpu_ticks)
   line=$(BODY=$body HDRLEN=$hdr TOKEN=$3 wrk -t1 -c32 -d"${seconds}s" -s "$here/wrk_infer.lua" \
            "$url/v2/models/tiny/infer" | grep '^RESULT' || echo "RESULT rps=0 failed")
-  echo "$1 tiny $2 c=32 ${line#RESULT }" >&2
-  echo "$1 $2 $(echo "$line" | sed -E 's/.*rps=([0-9]+).*/\1/')" >>"$work/results"
+  after=$(cpu_ticks)
+  rps=$(echo "$line" | sed -E 's/.*rps=([0-9]+).*/\1/')
+  # Server CPU per answered request: steadier than infer/s when others share the machine.
+  cpu=$(awk -v t=$((after - before)) -v c="$clk" -v r="$rps" -v s="$seconds" \
+          'BEGIN {printf "%.0f", (r ? t / c * 1e6 / (r * s) : 0)}')
+  echo "$1 tiny $2 c=32 ${line#RESULT } server_cpu_us=$cpu" >&2
+  echo "$1 $2 $rps $cpu" >>"$work/results"
 }
 
 token=$(cd "$project" && "$py" -m server tokens create --name bench --scope infer 2>/dev/null)
@@ -83,20 +94,25 @@ for round in $(seq 1 "$rounds"); do
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-header="| payload | auth off (median infer/s) |"
+column() {  # label payload field -> the median of that field over the rounds
+  awk -v c="$1" -v p="$2" -v f="$3" '$1==c && $2==p {print $f}' "$work/results" | median
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b ? a / b : 0)}'; }
+header="| payload | auth off: infer/s, server CPU us/req |"
 rule="| --- | --- |"
 for setup in "${setups[@]}"; do
   [ "$setup" = off ] && continue
-  header="$header auth $setup | $setup / off |"; rule="$rule --- | --- |"
+  header="$header auth $setup | $setup / off (infer/s) | $setup - off (CPU us/req) |"
+  rule="$rule --- | --- | --- |"
 done
 echo "$header"; echo "$rule"
 for payload in "${kinds[@]}"; do
-  off=$(awk -v p="$payload" '$1=="auth-off" && $2==p {print $3}' "$work/results" | median)
-  line="| tiny $payload c=32 | $off |"
+  off=$(column auth-off "$payload" 3); off_cpu=$(column auth-off "$payload" 4)
+  line="| tiny $payload c=32 | $off, $off_cpu |"
   for setup in "${setups[@]}"; do
     [ "$setup" = off ] && continue
-    rps=$(awk -v c="auth-$setup" -v p="$payload" '$1==c && $2==p {print $3}' "$work/results" | median)
-    line="$line $rps | $(awk -v a="$rps" -v b="$off" 'BEGIN {printf "%.2f", (b ? a/b : 0)}') |"
+    rps=$(column "auth-$setup" "$payload" 3); cpu=$(column "auth-$setup" "$payload" 4)
+    line="$line $rps, $cpu | $(ratio "$rps" "$off") | $(awk -v a="$cpu" -v b="$off_cpu" 'BEGIN {printf "%+.0f", a - b}') |"
   done
   echo "$line"
 done
