@@ -46,7 +46,7 @@ def requirement(path: str, public_metadata: bool) -> Need | None:
         return ANY
     if first == "admin":
         return ADMIN
-    if first in ("openapi.json", "docs"):
+    if first in ("openapi.json", "docs", "metrics"):
         return None if public_metadata else READ
     return ANY
 

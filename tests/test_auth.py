@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from server.app import create_app
+from server.auth import requirement
 from server.database import Database
 from server.dataplane import DataPlane
 from server.guard import Guard
@@ -161,8 +162,51 @@ PROTECTED = [
     ("GET", "/admin/tokens"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
+    ("GET", "/metrics"),
     ("GET", "/nowhere"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("path", "scopes", "model", "version"),
+    [
+        ("/v2/health/live", None, None, None),
+        ("/v2/health/ready", None, None, None),
+        ("/v2/models/m/infer", ("infer",), "m", None),
+        ("/v2/models/m/versions/3/infer", ("infer",), "m", "3"),
+        ("/v2/models/m", ("read",), "m", None),
+        ("/v2/models/m/versions/3/config", ("read",), "m", "3"),
+        ("/v2/models/m/stats", ("read",), "m", None),
+        ("/v2/models/m/ready", ("read", "infer"), "m", None),
+        ("/v2/models/stats", ("read",), None, None),
+        ("/v2", ("read",), None, None),
+        ("/openapi.json", ("read",), None, None),
+        ("/docs/assets/swagger-ui.css", ("read",), None, None),
+        ("/v2/repository/index", ("admin",), None, None),
+        ("/v2/repository/models/m/load", ("admin",), None, None),
+        ("/admin/tokens/x/pause", ("admin",), None, None),
+        ("/v2/models/m/unknown", (), None, None),
+        ("/", (), None, None),
+        ("/V2/health/live", (), None, None),
+    ],
+)
+def test_what_each_path_needs(
+    path: str, scopes: tuple[str, ...] | None, model: str | None, version: str | None
+) -> None:
+    need = requirement(path, public_metadata=False)
+    if scopes is None:
+        assert need is None
+    else:
+        assert need is not None and (need.scopes, need.model, need.version) == (
+            scopes,
+            model,
+            version,
+        )
+    public = requirement(path, public_metadata=True)
+    if scopes is not None and "read" in scopes:
+        assert public is None
+    else:
+        assert public == need
 
 
 async def test_health_is_public_and_every_other_route_needs_a_token(h: Harness) -> None:
