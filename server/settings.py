@@ -34,11 +34,24 @@ class ServerSettings(Section):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger bodies are refused with 413."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    """On SIGTERM / SIGINT: how long requests in flight may take to finish before they are
+    cancelled; then the models are unloaded."""
+
+
+RepositoryMode = Literal["watch", "startup", "explicit"]
 
 
 class RepositorySettings(Section):
     path: Path = Path("repository")
     """The model repository: one folder per model."""
+    mode: RepositoryMode = "watch"
+    """watch: load at start-up and follow the folder; startup: load once at start-up;
+    explicit: load only what `POST /v2/repository/models/{m}/load` asks for. The repository
+    API works in every mode."""
+    settle_ms: int = Field(500, ge=0)
+    """watch mode: a model folder is reloaded once no file in it has changed for this long,
+    so a copy or `git pull` in progress is never loaded half-way."""
 
 
 class Settings(Section):
