@@ -22,7 +22,7 @@ from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
 from .model_config import ModelConfig
 from .protocol import InferInput
-from .repository import ModelSource
+from .repository import Fingerprint, ModelSource
 from .scheduler import Completions, InstancePool, Outputs
 
 log = logging.getLogger("cinfer")
@@ -50,6 +50,11 @@ class ModelVersion:
     reason: str = ""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    declared: ModelConfig | None = None
+    """model.toml as written when this version was loaded (before the schema was filled in
+    from the model file): a reload compares it with the file on disk."""
+    fingerprint: Fingerprint = ()
+    """The files this version was loaded from (see repository.fingerprint)."""
 
     def __post_init__(self) -> None:
         self._inputs = {t.name: t for t in self.config.inputs or ()}

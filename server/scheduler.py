@@ -72,9 +72,7 @@ class Completions:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._done: collections.deque[Result] = (
-            collections.deque()
-        )
+        self._done: collections.deque[Result] = collections.deque()
         self._scheduled = False
 
     def put(self, job: Job, result: Outputs | None, error: BaseException | None) -> None:
@@ -199,12 +197,20 @@ class InstancePool:
         """Blocking (run it off the loop): change the instance count without reloading.
 
         The workers finish what they run, the engine grows or shrinks, new workers take over
-        the queue; queued requests wait for the switch and none fails.
+        the queue; queued requests wait for the switch and none fails. When the engine cannot
+        grow, the old instance count keeps serving and the error is raised.
         """
-        if instances == len(self._workers):
+        running = len(self._workers)
+        if instances == running:
             return
         self._stop_workers()
-        self.engine.resize(instances)
+        try:
+            self.engine.resize(instances)
+        except BaseException:
+            # A failed grow leaves the engine with at least the instances it had: keep
+            # serving with those rather than leave the queue without workers.
+            self.start(running)
+            raise
         self.start(instances)
 
     async def drain(self) -> None:
@@ -421,9 +427,7 @@ def _union(lists: Any) -> list[str]:
     return list(seen)
 
 
-def _split(
-    batch: list[Job], outputs: Outputs, rows: int
-) -> list[Result]:
+def _split(batch: list[Job], outputs: Outputs, rows: int) -> list[Result]:
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != rows:
             raise EngineError(

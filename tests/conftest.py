@@ -32,7 +32,7 @@ async def running_app(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, DataPlane]]:
     """The app in-process over `root`, start-up load finished, with an httpx client."""
     settings = settings or Settings()
-    dataplane = DataPlane(Reconciler(root))
+    dataplane = DataPlane(Reconciler(root), settings.repository.mode, settings.repository.settle_ms)
     app = create_app(settings, dataplane)
     async with app.router.lifespan_context(app):
         await dataplane.wait_ready()
