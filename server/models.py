@@ -22,7 +22,7 @@ from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
 from .model_config import ModelConfig
 from .protocol import InferInput
-from .repository import Fingerprint, ModelSource
+from .repository import MANIFEST, Fingerprint, ModelSource
 from .scheduler import Completions, InstancePool, Outputs
 
 log = logging.getLogger("cinfer")
@@ -210,7 +210,12 @@ def load_version(
     except Exception as exc:
         raise ModelLoadError(f"{config.engine} cannot load {path}: {exc}") from exc
     try:
-        inputs, outputs = signature.resolve(config, engine.inputs, engine.outputs)
+        try:
+            inputs, outputs = signature.resolve(config, engine.inputs, engine.outputs)
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"{path} does not match {source.folder / MANIFEST}: {exc}"
+            ) from exc
         effective = config.model_copy(update={"inputs": inputs, "outputs": outputs})
         _warm_up(engine, effective, config.instances)
     except BaseException:

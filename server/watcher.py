@@ -25,6 +25,7 @@ from pathlib import Path
 
 import watchfiles
 
+from .errors import ConfigError
 from .repository import MODEL_NAME, list_models
 
 log = logging.getLogger("cinfer")
@@ -72,6 +73,7 @@ class Watcher:
         self._reconciling: set[str] = set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start watching (on the running loop). The watch is set up when the task first
@@ -104,14 +106,14 @@ class Watcher:
         # awatch groups events for at most `debounce` ms; keep that well under settle_ms so
         # a folder still being written re-arms its timer before the timer runs out.
         debounce = max(50, min(200, int(self.settle * 1000) // 4))
-        first = True
+        root = str(self.root)
+        failed: str | None = None
         while not self._stop.is_set():
             try:
-                if not first:
-                    # Changes made while the watch was down were missed: check everything.
-                    names = await asyncio.to_thread(list_models, self.root)
-                    self.touch({*names, *self._known()})
-                first = False
+                if failed is not None:
+                    # Changes made while the watch was down were missed: check everything,
+                    # from a task that runs once the new watch below is set up.
+                    self._resync = asyncio.create_task(self._check_all())
                 async for changes in watchfiles.awatch(
                     self.root,
                     watch_filter=None,
@@ -119,22 +121,30 @@ class Watcher:
                     step=50,
                     stop_event=self._stop,
                 ):
-                    self.touch(
-                        {
-                            name
-                            for _, path in changes
-                            if (name := model_of(self.root, path)) is not None
-                        }
-                    )
+                    failed = None
+                    if (watchfiles.Change.deleted, root) in changes:
+                        raise FileNotFoundError(f"model repository {root} was removed")
+                    self.touch({name for _, path in changes if (name := model_of(self.root, path))})
             except Exception as exc:
-                log.error(
-                    "watching %s failed, watching again in %.0fs: %s",
-                    self.root,
-                    RESTART_DELAY_S,
-                    exc,
-                )
+                if failed != str(exc):  # once per outage, not once per retry
+                    log.error(
+                        "watching %s failed, retrying every %.0fs: %s",
+                        self.root,
+                        RESTART_DELAY_S,
+                        exc,
+                    )
+                failed = str(exc)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), RESTART_DELAY_S)
+
+    async def _check_all(self) -> None:
+        try:
+            names = await asyncio.to_thread(list_models, self.root)
+        except ConfigError:
+            names = []  # still missing: the watch fails too and is retried
+        else:
+            log.info("watching %s again; checking every model", self.root)
+        self.touch({*names, *self._known()})
 
     async def _settle(self, name: str) -> None:
         loop = asyncio.get_running_loop()

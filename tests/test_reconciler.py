@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from server.settings import RepositorySettings, Settings
 from tests.conftest import running_app
-from tests.onnx_models import dense, model_folder
+from tests.onnx_models import dense, identity, model_folder
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +57,8 @@ async def test_instances_and_batching_change_in_place(
         engine = pool.engine
 
         (folder / "model.toml").write_text(TOML + "instances = 2\n")
-        await eventually(lambda: pool.instances == 2, "the pool resized to 2 instances")
+        await eventually(lambda: version.config.instances == 2, "the change applied")
+        assert pool.instances == 2
         # Same version, same pool, same engine: the model file was not loaded again.
         assert dataplane.reconciler.models["m"].versions[1] is version
         assert version.pool is pool and pool.engine is engine and version.ready
@@ -175,7 +177,70 @@ async def test_in_watch_mode_an_unload_holds_until_the_folder_changes(repo: Path
         # Its own folder changing again ends the hold.
         (held / "model.toml").write_text(TOML + 'description = "back"\n')
         await eventually(
-            lambda: "held" in models and models["held"].description == "back", "reload"
+            lambda: "held" in models and 1 in models["held"].versions, "held loaded again"
         )
-        await eventually(lambda: models["held"].versions[1].ready, "held READY")
+        assert models["held"].versions[1].ready and models["held"].description == "back"
         assert (await client.post("/v2/models/held/infer", json=BODY)).status_code == 200
+
+
+async def test_a_broken_new_version_leaves_the_old_one_serving(repo: Path) -> None:
+    folder = write_model(repo)
+    async with running_app(repo, settings()) as (client, dataplane):
+        models = dataplane.reconciler.models
+
+        def state(number: int) -> tuple[str, str] | None:
+            version = models["m"].versions.get(number)
+            return None if version is None else (version.state.value, version.reason)
+
+        # Version 2 without its model file: UNAVAILABLE with the reason; 1 serves on.
+        (folder / "2").mkdir()
+        await eventually(lambda: state(2), "version 2 tried")
+        v2_reason = f"missing model file {folder / '2' / 'model.onnx'}"
+        assert state(2) == ("UNAVAILABLE", v2_reason)
+        metadata = (await client.get("/v2/models/m/versions/2")).json()
+        assert metadata["state"] == "UNAVAILABLE" and metadata["reason"] == v2_reason
+        assert {"name": "m", "version": "2", "state": "UNAVAILABLE", "reason": v2_reason} in (
+            await index(client)
+        )
+        response = await client.post("/v2/models/m/infer", json=BODY)
+        assert response.json()["model_version"] == "1"
+
+        # A file whose inputs do not match model.toml's declaration: the schema mismatch.
+        declared = TOML + '[[inputs]]\nname = "INPUT0"\ndatatype = "FP32"\nshape = [16]\n'
+        (folder / "model.toml").write_text(declared)
+        identity(folder / "2" / "model.onnx", "INT32", ["batch", 16])
+        await eventually(lambda: "INT32" in str(state(2)), "the mismatch reason")
+        assert state(2) == (
+            "UNAVAILABLE",
+            f"{folder / '2' / 'model.onnx'} does not match {folder / 'model.toml'}: "
+            "input 'INPUT0': declared datatype FP32, model file has INT32",
+        )
+        assert state(1) == ("READY", "still serving: the versions version_policy selects failed")
+        response = await client.post("/v2/models/m/infer", json=BODY)
+        assert response.json()["model_version"] == "1"
+
+        # Fixed: version 2 serves, version 1 (no longer selected) unloads.
+        dense(folder / "2" / "model.onnx", seed=2)
+        await eventually(lambda: state(2) == ("READY", "") and state(1) is None, "the swap")
+        response = await client.post("/v2/models/m/infer", json=BODY)
+        assert response.json()["model_version"] == "2"
+
+
+async def test_the_watch_survives_the_repository_folder_going_away(
+    repo: Path, tmp_path: Path
+) -> None:
+    write_model(repo)
+    async with running_app(repo, settings()) as (client, dataplane):
+        models = dataplane.reconciler.models
+        shutil.rmtree(repo)
+        await eventually(lambda: "m" not in models, "m unloaded with its folder")
+        assert dataplane.ready and (await client.get("/v2/health/ready")).status_code == 200
+
+        stage = tmp_path / "stage"
+        write_model(stage, "back")
+        stage.rename(repo)
+        await eventually(lambda: "back" in models and 1 in models["back"].versions, "reloaded")
+        assert models["back"].versions[1].ready
+        # And the new folder is watched.
+        write_model(repo, "more")
+        await eventually(lambda: "more" in models and 1 in models["more"].versions, "watched")
