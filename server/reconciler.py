@@ -21,8 +21,10 @@ Every state change is logged on one line: model, version, old -> new state, dura
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from .errors import ConfigError, ModelLoadError, NotFound
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
 from .repository import Fingerprint, ModelSource, fingerprint, list_models, read_model
-from .scheduler import Completions
+from .scheduler import Completions, InstancePool
 
 log = logging.getLogger("cinfer")
 
@@ -394,7 +396,7 @@ class Reconciler:
         assert pool is not None
         await pool.drain()
         try:
-            await asyncio.to_thread(pool.close)
+            await asyncio.to_thread(_close, pool)
         except Exception:
             log.exception(
                 "model %s version %d: closing its engine failed", version.name, version.version
@@ -410,6 +412,27 @@ class Reconciler:
             time.perf_counter() - started,
             f"unloaded, engines closed ({reason})",
         )
+
+
+def _close(pool: InstancePool) -> None:
+    """Blocking: close a pool, then hand the memory its engine freed back to the OS."""
+    pool.close()
+    if _malloc_trim is not None:
+        # glibc keeps freed memory in its per-thread arenas; a model loaded and unloaded
+        # again and again would otherwise leave the RSS at its high-water mark. See
+        # "Live repository" in docs/performance.md for the measurements.
+        _malloc_trim(0)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()
 
 
 def _read(root: Path, name: str) -> tuple[ModelSource, dict[int, Fingerprint]]:
