@@ -64,7 +64,10 @@ class Watcher:
         on_change: OnChange,
         known: Callable[[], Iterable[str]] = tuple,
     ) -> None:
+        self.path = root
+        """The repository as configured (it may be a symlink that is swapped)."""
         self.root = root.resolve()
+        """The folder watched now: `path` resolved when the watch (re)started."""
         self.settle = settle_ms / 1000
         self._on_change = on_change
         self._known = known
@@ -85,6 +88,8 @@ class Watcher:
         self._stop.set()
         if self._task is not None:
             await self._task
+        if self._resync is not None:
+            await self._resync
         for name, task in list(self._settling.items()):
             if name not in self._reconciling:
                 task.cancel()
@@ -106,10 +111,13 @@ class Watcher:
         # awatch groups events for at most `debounce` ms; keep that well under settle_ms so
         # a folder still being written re-arms its timer before the timer runs out.
         debounce = max(50, min(200, int(self.settle * 1000) // 4))
-        root = str(self.root)
         failed: str | None = None
         while not self._stop.is_set():
             try:
+                # Resolved again on every (re)start: a symlinked repository swapped to a new
+                # target (git-sync, ConfigMap volumes) is followed once the old one is gone.
+                self.root = self.path.resolve()
+                root = str(self.root)
                 if failed is not None:
                     # Changes made while the watch was down were missed: check everything,
                     # from a task that runs once the new watch below is set up.
@@ -139,7 +147,7 @@ class Watcher:
 
     async def _check_all(self) -> None:
         try:
-            names = await asyncio.to_thread(list_models, self.root)
+            names = await asyncio.to_thread(list_models, self.path)
         except ConfigError:
             names = []  # still missing: the watch fails too and is retried
         else:

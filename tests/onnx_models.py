@@ -118,6 +118,12 @@ def model_folder(root: Path, name: str, toml: str, files: dict[int, Path] | None
     return folder
 
 
+def dense_folder(root: Path, name: str, toml: str, seed: int = 0) -> Path:
+    """root/name with `toml` and version 1 = dense(seed=seed) (INPUT0 -> OUTPUT0, [batch, 16])."""
+    built = dense(root.parent / "built" / f"{name}-{seed}" / "model.onnx", seed=seed)
+    return model_folder(root, name, toml, {1: built})
+
+
 def copy_samples(root: Path) -> None:
     """The shipped sample models, copied into a test repository."""
     for sample in ("digits", "iris"):

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.settings import RepositorySettings, Settings
-from tests.conftest import running_app
-from tests.onnx_models import dense, identity, model_folder
+from tests.conftest import eventually, repository_settings, running_app
+from tests.onnx_models import dense, dense_folder, identity
 
 pytestmark = pytest.mark.anyio
 
 TOML = 'engine = "onnxruntime"\nmax_batch_size = 8\n'
 BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]}
-
-
-def settings(mode: str = "watch") -> Settings:
-    return Settings(repository=RepositorySettings(mode=mode, settle_ms=100))  # type: ignore[arg-type]
-
-
-async def eventually(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def index(client: httpx.AsyncClient) -> list[dict[str, str]]:
@@ -41,8 +24,7 @@ async def index(client: httpx.AsyncClient) -> list[dict[str, str]]:
 
 
 def write_model(repo: Path, name: str = "m", toml: str = TOML, seed: int = 0) -> Path:
-    built = dense(repo.parent / "built" / f"{name}-{seed}" / "model.onnx", seed=seed)
-    return model_folder(repo, name, toml, {1: built})
+    return dense_folder(repo, name, toml, seed)
 
 
 async def test_instances_and_batching_change_in_place(
@@ -50,7 +32,7 @@ async def test_instances_and_batching_change_in_place(
 ) -> None:
     folder = write_model(repo)
     caplog.set_level(logging.INFO, logger="cinfer")
-    async with running_app(repo, settings()) as (client, dataplane):
+    async with running_app(repo, repository_settings()) as (client, dataplane):
         version = dataplane.reconciler.models["m"].versions[1]
         pool = version.pool
         assert pool is not None and pool.instances == 1
@@ -79,7 +61,7 @@ async def test_instances_and_batching_change_in_place(
 
 async def test_other_changes_load_a_new_version_beside_the_old(repo: Path) -> None:
     folder = write_model(repo)
-    async with running_app(repo, settings()) as (client, dataplane):
+    async with running_app(repo, repository_settings()) as (client, dataplane):
         old = dataplane.reconciler.models["m"].versions[1]
         (folder / "model.toml").write_text(TOML + '[parameters]\noptimization = "basic"\n')
         await eventually(
@@ -95,7 +77,7 @@ async def test_other_changes_load_a_new_version_beside_the_old(repo: Path) -> No
 async def test_explicit_mode_loads_only_what_the_api_asks_for(repo: Path) -> None:
     folder = write_model(repo)
     model_file = folder / "1" / "model.onnx"
-    async with running_app(repo, settings("explicit")) as (client, dataplane):
+    async with running_app(repo, repository_settings("explicit")) as (client, dataplane):
         assert dataplane.watcher is None
         assert (await client.get("/v2/health/ready")).status_code == 200
         assert await index(client) == [
@@ -148,7 +130,7 @@ async def test_explicit_mode_loads_only_what_the_api_asks_for(repo: Path) -> Non
 
 async def test_a_model_that_never_loaded_shows_why(repo: Path) -> None:
     write_model(repo, toml=TOML + "instance = 2\n")
-    async with running_app(repo, settings("startup")) as (client, dataplane):
+    async with running_app(repo, repository_settings("startup")) as (client, dataplane):
         assert dataplane.watcher is None
         (entry,) = await index(client)
         assert entry["state"] == "UNAVAILABLE"
@@ -163,7 +145,7 @@ async def test_a_model_that_never_loaded_shows_why(repo: Path) -> None:
 async def test_in_watch_mode_an_unload_holds_until_the_folder_changes(repo: Path) -> None:
     held = write_model(repo, "held")
     other = write_model(repo, "other")
-    async with running_app(repo, settings()) as (client, dataplane):
+    async with running_app(repo, repository_settings()) as (client, dataplane):
         models = dataplane.reconciler.models
         assert (await client.post("/v2/repository/models/held/unload")).status_code == 200
         assert "held" not in models
@@ -185,7 +167,7 @@ async def test_in_watch_mode_an_unload_holds_until_the_folder_changes(repo: Path
 
 async def test_a_broken_new_version_leaves_the_old_one_serving(repo: Path) -> None:
     folder = write_model(repo)
-    async with running_app(repo, settings()) as (client, dataplane):
+    async with running_app(repo, repository_settings()) as (client, dataplane):
         models = dataplane.reconciler.models
 
         def state(number: int) -> tuple[str, str] | None:
@@ -224,23 +206,3 @@ async def test_a_broken_new_version_leaves_the_old_one_serving(repo: Path) -> No
         await eventually(lambda: state(2) == ("READY", "") and state(1) is None, "the swap")
         response = await client.post("/v2/models/m/infer", json=BODY)
         assert response.json()["model_version"] == "2"
-
-
-async def test_the_watch_survives_the_repository_folder_going_away(
-    repo: Path, tmp_path: Path
-) -> None:
-    write_model(repo)
-    async with running_app(repo, settings()) as (client, dataplane):
-        models = dataplane.reconciler.models
-        shutil.rmtree(repo)
-        await eventually(lambda: "m" not in models, "m unloaded with its folder")
-        assert dataplane.ready and (await client.get("/v2/health/ready")).status_code == 200
-
-        stage = tmp_path / "stage"
-        write_model(stage, "back")
-        stage.rename(repo)
-        await eventually(lambda: "back" in models and 1 in models["back"].versions, "reloaded")
-        assert models["back"].versions[1].ready
-        # And the new folder is watched.
-        write_model(repo, "more")
-        await eventually(lambda: "more" in models and 1 in models["more"].versions, "watched")

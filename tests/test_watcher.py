@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from server.watcher import model_of
+from tests.conftest import eventually, repository_settings, running_app
 from tests.live import live_server, server_log, wait_until
-from tests.onnx_models import dense, model_folder
+from tests.onnx_models import dense, dense_folder, model_folder
 
 TOML = 'engine = "onnxruntime"\nmax_batch_size = 8\n'
 SETTLE = {"CINFER_REPOSITORY__SETTLE_MS": "300"}
@@ -211,3 +212,54 @@ def test_broken_files_keep_the_old_version_serving_until_fixed(tmp_path: Path, r
     assert "model m: reload failed after" in log
     assert "model m version 1: LOADING -> UNAVAILABLE" in log
     assert "model m version 1: READY -> UNLOADING: replaced by a new load" in log
+
+
+@pytest.mark.anyio
+async def test_the_watch_survives_the_repository_folder_going_away(
+    repo: Path, tmp_path: Path
+) -> None:
+    dense_folder(repo, "m", TOML)
+    async with running_app(repo, repository_settings()) as (client, dataplane):
+        models = dataplane.reconciler.models
+        shutil.rmtree(repo)
+        await eventually(lambda: "m" not in models, "m unloaded with its folder")
+        assert dataplane.ready and (await client.get("/v2/health/ready")).status_code == 200
+
+        stage = tmp_path / "stage"
+        dense_folder(stage, "back", TOML)
+        stage.rename(repo)
+        await eventually(lambda: "back" in models and 1 in models["back"].versions, "reloaded")
+        assert models["back"].versions[1].ready
+        # And the new folder is watched.
+        dense_folder(repo, "more", TOML)
+        await eventually(lambda: "more" in models and 1 in models["more"].versions, "watched")
+
+
+@pytest.mark.anyio
+async def test_a_symlinked_repository_is_followed_when_its_target_is_swapped(
+    tmp_path: Path,
+) -> None:
+    # git-sync and ConfigMap volumes publish by pointing a symlink at a new folder, then
+    # removing the old one.
+    old, new, link = tmp_path / "old", tmp_path / "new", tmp_path / "repository"
+    dense_folder(old, "gone", TOML)
+    dense_folder(old, "kept", TOML, seed=1)
+    link.symlink_to(old)
+    async with running_app(link, repository_settings()) as (_, dataplane):
+        models = dataplane.reconciler.models
+        assert {"gone", "kept"} <= set(models)
+        kept = models["kept"].versions[1]
+        dense_folder(new, "kept", TOML, seed=2)
+        dense_folder(new, "added", TOML)
+        swap = tmp_path / "repository.new"
+        swap.symlink_to(new)
+        swap.replace(link)
+        shutil.rmtree(old)
+        await eventually(
+            lambda: set(models) == {"kept", "added"} and 1 in models["added"].versions,
+            "the new target's models",
+        )
+        await eventually(lambda: models["kept"].versions[1] is not kept, "kept reloaded")
+        # And the new target is watched.
+        dense_folder(new, "more", TOML)
+        await eventually(lambda: "more" in models and 1 in models["more"].versions, "watched")

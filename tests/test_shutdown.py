@@ -1,4 +1,4 @@
-"""The `cinfer` process: graceful shutdown on SIGTERM, against a real server."""
+"""Graceful shutdown: SIGTERM against a real server process with requests in flight."""
 
 from __future__ import annotations
 
