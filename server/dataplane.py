@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, protocol
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable
 from .models import Model, ModelState, ModelVersion
 from .protocol import InferRequest
 from .reconciler import Reconciler
+from .scheduler import InstancePool
 
 log = logging.getLogger("cinfer")
 
@@ -165,17 +166,45 @@ class DataPlane:
             }
         return out
 
-    async def infer(
-        self, name: str, version: str | None, request: InferRequest
-    ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        found = self.version(name, version)
-        if found.state is not ModelState.READY:
+    def serving(self, name: str, version: str | None) -> tuple[ModelVersion, InstancePool]:
+        """The version a request goes to and its pool; 404 / 503 when there is none."""
+        found = self.reconciler.get(name).get(version)
+        pool = found.pool
+        if pool is None or found.state is not ModelState.READY:
             raise Unavailable(
                 f"model '{name}' version {found.version} is {found.state.value}"
                 + (f": {found.reason}" if found.reason else "")
             )
+        return found, pool
+
+    async def infer(
+        self, name: str, version: str | None, request: InferRequest
+    ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+        """Run a decoded request."""
+        found, pool = self.serving(name, version)
         arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
-        return found, await found.infer(arrays, outputs, rows)
+        return found, await pool.submit(arrays, outputs, rows)
+
+    async def infer_body(
+        self, name: str, version: str | None, body: bytes, header_length: str | None
+    ) -> tuple[ModelVersion, InferRequest, dict[str, np.ndarray]]:
+        """Decode and run an infer body (JSON, or JSON header + binary tensors)."""
+        if header_length is None:
+            request = protocol.decode_request(body, None)
+            found, results = await self.infer(name, version, request)
+            return found, request, results
+        found, pool = self.serving(name, version)
+        key = body[: protocol.header_size(header_length, len(body))]
+        layout = found.layouts.get(key)
+        if layout is not None and layout.body_size == len(body):
+            results = await pool.submit(layout.arrays(body), layout.outputs, layout.rows)
+            return found, layout.request, results
+        request = protocol.decode_request(body, header_length)
+        arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
+        layout = protocol.Layout.of(request, arrays, outputs, rows, len(body))
+        if layout is not None:
+            found.layouts.put(key, layout)
+        return found, request, await pool.submit(arrays, outputs, rows)
 
     # -- repository -----------------------------------------------------------------------
 

@@ -79,8 +79,9 @@ class InferEndpoint:
             body = await self._read_body(receive, length)
             if encoding:
                 body = protocol.decompress(body, encoding, self.limit)
-            request = protocol.decode_request(body, header_length)
-            found, results = await self.dataplane.infer(model, version, request)
+            found, request, results = await self.dataplane.infer_body(
+                model, version, body, header_length
+            )
             payload, json_length = protocol.encode_response(
                 found.name, found.version, request, results
             )

@@ -72,9 +72,7 @@ class Completions:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._done: collections.deque[Result] = (
-            collections.deque()
-        )
+        self._done: collections.deque[Result] = collections.deque()
         self._scheduled = False
 
     def put(self, job: Job, result: Outputs | None, error: BaseException | None) -> None:
@@ -421,9 +419,7 @@ def _union(lists: Any) -> list[str]:
     return list(seen)
 
 
-def _split(
-    batch: list[Job], outputs: Outputs, rows: int
-) -> list[Result]:
+def _split(batch: list[Job], outputs: Outputs, rows: int) -> list[Result]:
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != rows:
             raise EngineError(
