@@ -265,7 +265,10 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         )
     raw_outputs = header.get("outputs")
     outputs = None if raw_outputs is None else _outputs(raw_outputs)
-    return InferRequest(inputs, outputs, header.get("id"), parameters, binary_output)
+    request_id = header.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise InvalidRequest(f"'id' must be a string, got {type(request_id).__name__}")
+    return InferRequest(inputs, outputs, request_id, parameters, binary_output)
 
 
 def _check_reserved(parameters: dict[str, Any]) -> None:
@@ -386,8 +389,10 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidRequest(f"outputs[{index}] must be an object with a 'name'")
-        parameters = item.get("parameters") or {}
-        if type(parameters) is not dict:
+        parameters = item.get("parameters")
+        if parameters is None:
+            parameters = {}
+        elif type(parameters) is not dict:
             raise InvalidRequest(
                 f"'parameters' of the output '{item['name']}' must be a JSON object"
             )
