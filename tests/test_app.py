@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -402,7 +401,7 @@ async def test_queue_full_and_queue_timeout_are_503(repo: Path) -> None:
     onnx_models.dense(repo / "slow" / "1" / "model.onnx", width=512, layers=8)
     (repo / "slow" / "model.toml").write_text(
         'engine = "onnxruntime"\nmax_batch_size = 1024\n'
-        "[batching]\nmax_queue_size = 2\ntimeout_us = 2000\n"
+        "[batching]\nmax_queue_size = 2\ntimeout_us = 50000\n"
     )
     big = {
         "inputs": [
@@ -415,13 +414,16 @@ async def test_queue_full_and_queue_timeout_are_503(repo: Path) -> None:
         ]
     }
     small = {
-        "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}],
-        "outputs": [{"name": "OUTPUT0"}],
+        "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}]
     }
-    async with running_app(repo) as (client, _):
-        # A long request holds the only instance; small ones with other output lists queue.
+    async with running_app(repo) as (client, dataplane):
+        pool = dataplane.reconciler.models["slow"].get(None).pool
+        assert pool is not None
+        # A long request (~4 GFLOP) holds the only instance; once it is in, small ones queue.
         hold = asyncio.create_task(client.post("/v2/models/slow/infer", json=big))
-        await asyncio.sleep(0)
+        async with asyncio.timeout(30):
+            while not pool.pending:
+                await asyncio.sleep(0.001)
         responses = await asyncio.gather(
             *(client.post("/v2/models/slow/infer", json=small) for _ in range(8))
         )
@@ -523,7 +525,7 @@ async def test_a_request_cannot_crash_the_server(repository: Path) -> None:
 
 
 async def test_shutdown_unloads_models(repository: Path) -> None:
-    async with running_app(repository) as (client, dataplane):
+    async with running_app(repository) as (_client, dataplane):
         version = dataplane.reconciler.models["iris"].get(None)
         pool = version.pool
         assert pool is not None and pool.instances == 1
