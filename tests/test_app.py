@@ -401,7 +401,7 @@ async def test_queue_full_and_queue_timeout_are_503(repo: Path) -> None:
     onnx_models.dense(repo / "slow" / "1" / "model.onnx", width=512, layers=8)
     (repo / "slow" / "model.toml").write_text(
         'engine = "onnxruntime"\nmax_batch_size = 1024\n'
-        "[batching]\nmax_queue_size = 2\ntimeout_us = 50000\n"
+        "[batching]\nmax_queue_size = 2\ntimeout_us = 20000\n"
     )
     big = {
         "inputs": [
