@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, protocol
+from . import __version__, metrics, protocol
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable
 from .models import Model, ModelState, ModelVersion
@@ -23,7 +23,7 @@ from .scheduler import InstancePool
 
 log = logging.getLogger("cinfer")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 #: Engine -> Triton's platform / backend names (clients key behaviour off "platform").
 PLATFORMS = {
@@ -177,34 +177,39 @@ class DataPlane:
             )
         return found, pool
 
-    async def infer(
-        self, name: str, version: str | None, request: InferRequest
-    ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        """Run a decoded request."""
-        found, pool = self.serving(name, version)
-        arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
-        return found, await pool.submit(arrays, outputs, rows)
-
     async def infer_body(
-        self, name: str, version: str | None, body: bytes, header_length: str | None
-    ) -> tuple[ModelVersion, InferRequest, dict[str, np.ndarray]]:
-        """Decode and run an infer body (JSON, or JSON header + binary tensors)."""
+        self, found: ModelVersion, pool: InstancePool, body: bytes, header_length: str | None
+    ) -> tuple[InferRequest, dict[str, np.ndarray], int]:
+        """Decode and run an infer body (JSON, or JSON header + binary tensors) on the version
+        `serving()` chose: (the request, its outputs, its rows)."""
         if header_length is None:
             request = protocol.decode_request(body, None)
-            found, results = await self.infer(name, version, request)
-            return found, request, results
-        found, pool = self.serving(name, version)
+            arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
+            return request, await pool.submit(arrays, outputs, rows), rows
         key = body[: protocol.header_size(header_length, len(body))]
         layout = found.layouts.get(key)
         if layout is not None and layout.body_size == len(body):
             results = await pool.submit(layout.arrays(body), layout.outputs, layout.rows)
-            return found, layout.request, results
+            return layout.request, results, layout.rows
         request = protocol.decode_request(body, header_length)
         arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
         layout = protocol.Layout.of(request, arrays, outputs, rows, len(body))
         if layout is not None:
             found.layouts.put(key, layout)
-        return found, request, await pool.submit(arrays, outputs, rows)
+        return request, await pool.submit(arrays, outputs, rows), rows
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics extension: every loaded version, one model's, or one version."""
+        if name is None:
+            models = [self.reconciler.models[n] for n in sorted(self.reconciler.models)]
+            versions = [v for m in models for _, v in sorted(m.versions.items())]
+        elif version:
+            versions = [self.model(name).get(version)]
+        else:
+            versions = [v for _, v in sorted(self.model(name).versions.items())]
+        return {"model_stats": [metrics.statistics(v) for v in versions]}
 
     # -- repository -----------------------------------------------------------------------
 

@@ -20,10 +20,11 @@ from . import signature
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
+from .metrics import RequestStats
 from .model_config import ModelConfig
 from .protocol import InferInput, LayoutCache
 from .repository import ModelSource
-from .scheduler import Completions, InstancePool
+from .scheduler import Completions, InstancePool, InstanceStats
 
 log = logging.getLogger("cinfer")
 
@@ -50,6 +51,10 @@ class ModelVersion:
     reason: str = ""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    requests: RequestStats = field(default_factory=RequestStats)
+    """Request outcomes, counted on the event loop."""
+    instance_stats: list[InstanceStats] = field(default_factory=list)
+    """The pool's per-instance counters (kept after unload, for the statistics)."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -224,6 +229,7 @@ def load_version(
     pool = InstancePool(loaded.label, engine, effective, completions, loop)
     pool.start(config.instances)
     loaded.pool = pool
+    loaded.instance_stats = pool.stats
     loaded.state = ModelState.READY
     loaded.load_seconds = time.perf_counter() - started
     return loaded
