@@ -13,19 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, metrics, protocol
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable
 from .models import Model, ModelState, ModelVersion
 from .protocol import InferRequest
 from .reconciler import Reconciler
 from .repository import MODEL_NAME
+from .scheduler import InstancePool
 from .settings import RepositoryMode
 from .watcher import Watcher
 
 log = logging.getLogger("cinfer")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 #: Engine -> Triton's platform / backend names (clients key behaviour off "platform").
 PLATFORMS = {
@@ -192,17 +193,50 @@ class DataPlane:
             }
         return out
 
-    async def infer(
-        self, name: str, version: str | None, request: InferRequest
-    ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        found = self.version(name, version)
-        if found.state is not ModelState.READY:
+    def serving(self, name: str, version: str | None) -> tuple[ModelVersion, InstancePool]:
+        """The version a request goes to and its pool; 404 / 503 when there is none."""
+        found = self.reconciler.get(name).get(version)
+        pool = found.pool
+        if pool is None or found.state is not ModelState.READY:
             raise Unavailable(
                 f"model '{name}' version {found.version} is {found.state.value}"
                 + (f": {found.reason}" if found.reason else "")
             )
+        return found, pool
+
+    async def infer_body(
+        self, found: ModelVersion, pool: InstancePool, body: bytes, header_length: str | None
+    ) -> tuple[InferRequest, dict[str, np.ndarray], int]:
+        """Decode and run an infer body (JSON, or JSON header + binary tensors) on the version
+        `serving()` chose: (the request, its outputs, its rows)."""
+        if header_length is None:
+            request = protocol.decode_request(body, None)
+            arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
+            return request, await pool.submit(arrays, outputs, rows), rows
+        key = body[: protocol.header_size(header_length, len(body))]
+        layout = found.layouts.get(key)
+        if layout is not None and layout.body_size == len(body):
+            results = await pool.submit(layout.arrays(body), layout.outputs, layout.rows)
+            return layout.request, results, layout.rows
+        request = protocol.decode_request(body, header_length)
         arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
-        return found, await found.infer(arrays, outputs, rows)
+        layout = protocol.Layout.of(request, arrays, outputs, rows, len(body))
+        if layout is not None:
+            found.layouts.put(key, layout)
+        return request, await pool.submit(arrays, outputs, rows), rows
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics extension: every loaded version, one model's, or one version."""
+        if name is None:
+            models = [self.reconciler.models[n] for n in sorted(self.reconciler.models)]
+            versions = [v for m in models for _, v in sorted(m.versions.items())]
+        elif version:
+            versions = [self.model(name).get(version)]
+        else:
+            versions = [v for _, v in sorted(self.model(name).versions.items())]
+        return {"model_stats": [metrics.statistics(v) for v in versions]}
 
     # -- repository -----------------------------------------------------------------------
 

@@ -34,9 +34,19 @@ class ServerSettings(Section):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger bodies are refused with 413."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: Literal["text", "json"] | bool = False
+    """One line per request (request id, model, version, status, latency, batch size):
+    false, "text" or "json" (true means "text")."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM / SIGINT: how long requests in flight may take to finish before they are
     cancelled; then the models are unloaded."""
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+    """Serve Prometheus metrics at /metrics."""
+    port: int = Field(0, ge=0, le=65535)
+    """0: on the API's port; otherwise a separate port (same host) for /metrics only."""
 
 
 RepositoryMode = Literal["watch", "startup", "explicit"]
@@ -57,6 +67,7 @@ class RepositorySettings(Section):
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     repository: RepositorySettings = RepositorySettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def load(
