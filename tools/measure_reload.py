@@ -235,7 +235,7 @@ def main() -> None:
                 size = sum(f.stat().st_size for f in source.rglob("*.onnx"))
                 first, last, high = points[0], points[-1], max(points)
                 print(
-                    f"| {source.name} | {size / 1024:,.0f} KiB | {first / 1024:.1f} MiB "
+                    f"| {source.name} | {size / 1024:,.1f} KiB | {first / 1024:.1f} MiB "
                     f"| {last / 1024:.1f} MiB | {100 * (last - first) / first:+.1f}% "
                     f"| {100 * (high - first) / first:+.1f}% ({points.index(high) + 1}) |"
                 )
