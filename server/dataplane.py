@@ -19,7 +19,7 @@ from .errors import CinferError, InvalidRequest, NotFound, Unavailable
 from .models import Model, ModelState, ModelVersion
 from .protocol import InferRequest
 from .reconciler import Reconciler
-from .repository import MODEL_NAME
+from .repository import is_model_name
 from .scheduler import InstancePool
 from .settings import RepositoryMode
 from .watcher import Watcher
@@ -251,7 +251,7 @@ class DataPlane:
                 "load parameters (config overrides, file contents) are not supported: "
                 "edit the model folder instead"
             )
-        if not MODEL_NAME.match(name) or not await asyncio.to_thread(
+        if not is_model_name(name) or not await asyncio.to_thread(
             (self.reconciler.root / name).is_dir
         ):
             raise NotFound(f"no folder for model '{name}' in the repository")

@@ -15,6 +15,11 @@ while the old one keeps serving, and the next change to the folder tries again. 
 model are serialised by a per-model lock; different models change concurrently. Disk reads,
 engine loads and pool shutdowns run in threads, so the event loop keeps serving requests.
 
+Swaps lose no request because the infer path picks a version (`Model.get`) and submits to
+its pool without an `await` in between: a request is either queued on the old pool before
+`model.versions` is replaced (and the old version drains it before closing) or routed to the
+new one. Keep it that way.
+
 Every state change is logged on one line: model, version, old -> new state, duration, reason.
 """
 
@@ -31,7 +36,14 @@ from pathlib import Path
 from .errors import ConfigError, ModelLoadError, NotFound
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
-from .repository import Fingerprint, ModelSource, fingerprint, list_models, read_model
+from .repository import (
+    Fingerprint,
+    ModelSource,
+    fingerprint,
+    is_model_name,
+    list_models,
+    read_model,
+)
 from .scheduler import Completions, InstancePool
 
 log = logging.getLogger("cinfer")
@@ -141,7 +153,7 @@ class Reconciler:
 
         It stays unloaded until load is called or, in watch mode, its folder changes again."""
         async with self._lock(name):
-            on_disk = await asyncio.to_thread((self.root / name).is_dir)
+            on_disk = is_model_name(name) and await asyncio.to_thread((self.root / name).is_dir)
             if name not in self.models and not on_disk:
                 raise NotFound(f"unknown model '{name}'")
             self._unloaded[name] = self.loop.time()

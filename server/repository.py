@@ -43,6 +43,11 @@ class ModelSource:
     """Selected version -> version folder, by the model's version_policy."""
 
 
+def is_model_name(name: str) -> bool:
+    """A name the repository serves: [A-Za-z0-9_.-]+, not hidden (so not "." or "..")."""
+    return bool(MODEL_NAME.match(name)) and not name.startswith(".")
+
+
 def list_models(root: Path) -> list[str]:
     """Names of the model folders in `root`, sorted; hidden and invalid names are skipped."""
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 import watchfiles
 
 from .errors import ConfigError
-from .repository import MODEL_NAME, list_models
+from .repository import is_model_name, list_models
 
 log = logging.getLogger("cinfer")
 
@@ -47,7 +47,7 @@ def model_of(root: Path, path: str) -> str | None:
         return None
     if not parts or any(part.startswith(".") for part in parts):
         return None
-    if EDITOR_FILES.search(parts[-1]) or not MODEL_NAME.match(parts[0]):
+    if EDITOR_FILES.search(parts[-1]) or not is_model_name(parts[0]):
         return None
     return parts[0]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.errors import NotFound
 from tests.conftest import eventually, repository_settings, running_app
 from tests.onnx_models import dense, dense_folder, identity
 
@@ -126,6 +127,12 @@ async def test_explicit_mode_loads_only_what_the_api_asks_for(repo: Path) -> Non
         assert response.json() == {"error": "no folder for model 'nope' in the repository"}
         response = await client.post("/v2/repository/models/nope/unload")
         assert response.status_code == 404
+        (repo / ".m.tmp").mkdir()
+        for hidden in ("..", ".", ".m.tmp"):  # folders, but not models
+            with pytest.raises(NotFound):
+                await dataplane.load_model(hidden, None)
+            with pytest.raises(NotFound):
+                await dataplane.unload_model(hidden)
 
 
 async def test_a_model_that_never_loaded_shows_why(repo: Path) -> None:
