@@ -103,7 +103,7 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
 
     async def repository_index(request: Request) -> Response:
         body = await read_json(request, wire.RepositoryIndexRequest)
-        return JSONResponse(dataplane.repository_index(body.ready))
+        return JSONResponse(await dataplane.repository_index(body.ready))
 
     async def repository_load(request: Request) -> Response:
         body = await read_json(request, wire.RepositoryLoadRequest)

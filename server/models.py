@@ -23,7 +23,7 @@ from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unava
 from .metrics import RequestStats
 from .model_config import ModelConfig
 from .protocol import InferInput, LayoutCache
-from .repository import ModelSource
+from .repository import Fingerprint, ModelSource
 from .scheduler import Completions, InstancePool, InstanceStats
 
 log = logging.getLogger("cinfer")
@@ -55,6 +55,11 @@ class ModelVersion:
     """Request outcomes, counted on the event loop."""
     instance_stats: list[InstanceStats] = field(default_factory=list)
     """The pool's per-instance counters (kept after unload, for the statistics)."""
+    declared: ModelConfig | None = None
+    """model.toml as written when this version was loaded (before the schema was filled in
+    from the model file): a reload compares it with the file on disk."""
+    fingerprint: Fingerprint = ()
+    """The files this version was loaded from (see repository.fingerprint)."""
 
     def __post_init__(self) -> None:
         config = self.config

@@ -209,12 +209,20 @@ class InstancePool:
         """Blocking (run it off the loop): change the instance count without reloading.
 
         The workers finish what they run, the engine grows or shrinks, new workers take over
-        the queue; queued requests wait for the switch and none fails.
+        the queue; queued requests wait for the switch and none fails. When the engine cannot
+        grow, the old instance count keeps serving and the error is raised.
         """
-        if instances == len(self._workers):
+        running = len(self._workers)
+        if instances == running:
             return
         self._stop_workers()
-        self.engine.resize(instances)
+        try:
+            self.engine.resize(instances)
+        except BaseException:
+            # A failed grow leaves the engine with at least the instances it had: keep
+            # serving with those rather than leave the queue without workers.
+            self.start(running)
+            raise
         self.start(instances)
 
     async def drain(self) -> None:
