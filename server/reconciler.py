@@ -171,11 +171,12 @@ class Reconciler:
             version = placeholder
         else:
             log.info(
-                "model %s version %d: LOADING -> READY in %.2fs (%s, %d instance%s)",
+                "model %s version %d: LOADING -> READY in %.2fs (%s on %s, %d instance%s)",
                 model.name,
                 number,
                 version.load_seconds,
                 source.config.engine,
+                version.config.device,
                 source.config.instances,
                 "" if source.config.instances == 1 else "s",
             )
