@@ -16,6 +16,9 @@ Parameters (model.toml ``[parameters]``):
                        thread, so it is applied in each thread that runs the model and leaves
                        other models (torch or not) in the process alone.
 
+Importing this module sets OMP_WAIT_POLICY=PASSIVE unless it is set (see below): idle torch
+threads then sleep instead of spinning on cores the rest of the server needs.
+
 Devices: "cuda" / "cuda:N" move the module there (``.to(device)``) and each batch's inputs
 once per call, and the outputs back once; "auto" is cuda:0 when torch sees a CUDA device.
 
@@ -26,6 +29,7 @@ torch.export; both load here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# torch's OpenMP threads (libgomp) spin-wait after every parallel region by default. In a
+# server they share the cores with the event loop, other engines and each other, and a spinning
+# thread steals the core a descheduled one needs: the peers' mlp ran 4x slower with 2 threads
+# than with 1 on the loaded 2-core machines. Passive waiting unless the operator chose; it must
+# be set before torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 from ..datatypes import BF16
