@@ -69,3 +69,20 @@ def test_a_torch_model_does_import_torch(repo: Path) -> None:
     states, heavy = done.stdout.strip().splitlines()
     assert states == "['READY']"
     assert heavy == "['torch']"
+
+
+def test_a_missing_engine_says_which_extra_installs_it() -> None:
+    blocked = (
+        "import sys; sys.modules['torch'] = None\n"  # import torch now fails as if uninstalled
+        "from server.engines import engine_class\n"
+        "from server.errors import ConfigError\n"
+        "try:\n"
+        "    engine_class('torch')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith("engine 'torch' is not installed (")
+    assert done.stdout.strip().endswith("; pip install 'cinfer[torch]'")
