@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from . import __version__, metrics, protocol
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable
+from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion
 from .protocol import InferRequest
 from .reconciler import Reconciler
@@ -169,9 +171,7 @@ class DataPlane:
                 }
                 for t in config.outputs or ()
             ],
-            "instance_group": [
-                {"name": name, "kind": "KIND_CPU", "count": config.instances, "gpus": []}
-            ],
+            "instance_group": [_instance_group(name, config)],
             "default_model_filename": config.file or "",
             "parameters": {k: {"string_value": str(v)} for k, v in config.parameters.items()},
             "model_transaction_policy": {"decoupled": False},
@@ -265,6 +265,16 @@ class DataPlane:
 
     async def unload_model(self, name: str) -> None:
         await self.reconciler.unload(name)
+
+
+def _instance_group(name: str, config: ModelConfig) -> dict[str, Any]:
+    """Triton's instance_group from the device the engine resolved ("cuda:1", "GPU.0")."""
+    device = config.device
+    if device.startswith(("cuda", "GPU")):
+        index = re.search(r"(\d+)$", device)
+        gpus = [int(index.group(1)) if index else 0]
+        return {"name": name, "kind": "KIND_GPU", "count": config.instances, "gpus": gpus}
+    return {"name": name, "kind": "KIND_CPU", "count": config.instances, "gpus": []}
 
 
 def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> dict[str, Any]:

@@ -214,6 +214,7 @@ def load_version(
         instances=config.instances,
         threads=max(1, cpu_count() // config.instances),
         parameters=config.parameters,
+        device=config.device,
         declared_inputs=declared[0],
         declared_outputs=declared[1],
     )
@@ -225,7 +226,9 @@ def load_version(
         raise ModelLoadError(f"{config.engine} cannot load {path}: {exc}") from exc
     try:
         inputs, outputs = signature.resolve(config, engine.inputs, engine.outputs)
-        effective = config.model_copy(update={"inputs": inputs, "outputs": outputs})
+        effective = config.model_copy(
+            update={"inputs": inputs, "outputs": outputs, "device": engine.device}
+        )
         _warm_up(engine, effective, config.instances)
     except BaseException:
         engine.close()

@@ -369,7 +369,8 @@ class Reconciler:
         version.fingerprint = prints
         config = source.config
         detail = (
-            f"{config.engine}, {config.instances} instance{'' if config.instances == 1 else 's'}"
+            f"{config.engine} on {version.config.device}, "
+            f"{config.instances} instance{'' if config.instances == 1 else 's'}"
             if version.ready
             else version.reason
         )

@@ -15,6 +15,21 @@ from server.reconciler import Reconciler
 from server.settings import RepositorySettings, Settings
 
 
+def missing_gpu() -> str | None:
+    """Why there is no NVIDIA GPU to test on, or None when the driver lists one."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return None
+    return "no NVIDIA GPU on this machine (the driver lists none in /proc/driver/nvidia/gpus)"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        reason = missing_gpu()
+        if reason:
+            pytest.skip(reason)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
