@@ -10,7 +10,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +20,11 @@ from . import signature
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
+from .metrics import RequestStats
 from .model_config import ModelConfig
-from .protocol import InferInput
-from .repository import ModelSource
-from .scheduler import Completions, InstancePool, Outputs
+from .protocol import InferInput, LayoutCache
+from .repository import Fingerprint, ModelSource
+from .scheduler import Completions, InstancePool, InstanceStats
 
 log = logging.getLogger("cinfer")
 
@@ -50,10 +51,24 @@ class ModelVersion:
     reason: str = ""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    requests: RequestStats = field(default_factory=RequestStats)
+    """Request outcomes, counted on the event loop."""
+    instance_stats: list[InstanceStats] = field(default_factory=list)
+    """The pool's per-instance counters (kept after unload, for the statistics)."""
+    declared: ModelConfig | None = None
+    """model.toml as written when this version was loaded (before the schema was filled in
+    from the model file): a reload compares it with the file on disk."""
+    fingerprint: Fingerprint = ()
+    """The files this version was loaded from (see repository.fingerprint)."""
 
     def __post_init__(self) -> None:
-        self._inputs = {t.name: t for t in self.config.inputs or ()}
-        self._outputs = [t.name for t in self.config.outputs or ()]
+        config = self.config
+        self._inputs = {t.name: t for t in config.inputs or ()}
+        self._shapes = {t.name: config.batch_shape(t) for t in config.inputs or ()}
+        self._outputs = [t.name for t in config.outputs or ()]
+        self._output_set = frozenset(self._outputs)
+        self._max_batch = config.max_batch_size
+        self.layouts = LayoutCache()
 
     @property
     def label(self) -> str:
@@ -67,26 +82,28 @@ class ModelVersion:
         self, inputs: Sequence[InferInput], outputs: Sequence[str] | None
     ) -> tuple[dict[str, np.ndarray], list[str], int]:
         """Check a decoded request against the schema: (arrays in model order, outputs, rows)."""
-        given: dict[str, InferInput] = {}
-        for tensor in inputs:
-            if tensor.name in given:
-                raise InvalidRequest(f"input '{tensor.name}' is given more than once")
-            if tensor.name not in self._inputs:
-                raise InvalidRequest(
-                    f"unknown input '{tensor.name}' for model '{self.name}' "
-                    f"(it takes: {', '.join(self._inputs)})"
-                )
-            given[tensor.name] = tensor
-        config = self.config
-        batched = config.max_batch_size > 0
+        specs = self._inputs
+        if len(inputs) == len(specs) == 1 and inputs[0].name in specs:
+            given = {inputs[0].name: inputs[0]}
+        else:
+            given = {}
+            for tensor in inputs:
+                if tensor.name in given:
+                    raise InvalidRequest(f"input '{tensor.name}' is given more than once")
+                if tensor.name not in specs:
+                    raise InvalidRequest(
+                        f"unknown input '{tensor.name}' for model '{self.name}' "
+                        f"(it takes: {', '.join(specs)})"
+                    )
+                given[tensor.name] = tensor
+        batched = self._max_batch > 0
         arrays: dict[str, np.ndarray] = {}
         rows = 1
-        for name, spec in self._inputs.items():
+        for name, spec in specs.items():
             found = given.get(name)
             if found is None:
                 raise InvalidRequest(
-                    f"missing input '{name}' for model '{self.name}' "
-                    f"(it takes: {', '.join(self._inputs)})"
+                    f"missing input '{name}' for model '{self.name}' (it takes: {', '.join(specs)})"
                 )
             if found.datatype != spec.datatype:
                 raise InvalidRequest(
@@ -94,18 +111,19 @@ class ModelVersion:
                     f"{spec.datatype}"
                 )
             shape = found.array.shape
-            want = config.batch_shape(spec)
-            if len(shape) != len(want) or any(w not in (-1, s) for w, s in zip(want, shape)):
-                raise InvalidRequest(
-                    f"input '{name}': shape {list(shape)} does not fit the model's {list(want)}"
-                )
+            want = self._shapes[name]
+            if len(shape) != len(want):
+                raise self._bad_shape(name, shape)
+            for w, d in zip(want, shape):
+                if w != d and w != -1:
+                    raise self._bad_shape(name, shape)
             if batched:
                 if not arrays:
                     rows = shape[0]
-                    if not 0 < rows <= config.max_batch_size:
+                    if not 0 < rows <= self._max_batch:
                         raise InvalidRequest(
                             f"input '{name}': batch of {rows} rows; model '{self.name}' takes "
-                            f"1 to {config.max_batch_size} (max_batch_size)"
+                            f"1 to {self._max_batch} (max_batch_size)"
                         )
                 elif shape[0] != rows:
                     raise InvalidRequest(
@@ -113,24 +131,20 @@ class ModelVersion:
                     )
             arrays[name] = found.array
         if outputs is None:
-            names = self._outputs
-        else:
-            for out in outputs:
-                if out not in self._outputs:
-                    raise InvalidRequest(
-                        f"unknown output '{out}' requested from model '{self.name}' "
-                        f"(it has: {', '.join(self._outputs)})"
-                    )
-            names = list(dict.fromkeys(outputs))
-        return arrays, names, rows
+            return arrays, self._outputs, rows
+        for out in outputs:
+            if out not in self._output_set:
+                raise InvalidRequest(
+                    f"unknown output '{out}' requested from model '{self.name}' "
+                    f"(it has: {', '.join(self._outputs)})"
+                )
+        return arrays, list(dict.fromkeys(outputs)), rows
 
-    async def infer(
-        self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int
-    ) -> Outputs:
-        pool = self.pool
-        if pool is None or self.state is not ModelState.READY:
-            raise Unavailable(f"model '{self.name}' version {self.version} is not ready")
-        return await pool.submit(arrays, outputs, rows)
+    def _bad_shape(self, name: str, shape: tuple[int, ...]) -> InvalidRequest:
+        return InvalidRequest(
+            f"input '{name}': shape {list(shape)} does not fit the model's "
+            f"{list(self._shapes[name])}"
+        )
 
 
 @dataclass(eq=False)
@@ -157,9 +171,14 @@ class Model:
                     f"model '{self.name}' has no version {version!r} (available: {available})"
                 ) from None
             return found
-        ready = [v for v in self.versions.values() if v.ready]
-        if ready:
-            return max(ready, key=lambda v: v.version)
+        best = None
+        for candidate in self.versions.values():
+            if candidate.state is ModelState.READY and (
+                best is None or candidate.version > best.version
+            ):
+                best = candidate
+        if best is not None:
+            return best
         if self.versions:
             return self.versions[max(self.versions)]
         raise Unavailable(f"model '{self.name}' is not available: {self.reason or 'no versions'}")
@@ -195,6 +214,7 @@ def load_version(
         instances=config.instances,
         threads=max(1, cpu_count() // config.instances),
         parameters=config.parameters,
+        device=config.device,
         declared_inputs=declared[0],
         declared_outputs=declared[1],
     )
@@ -206,7 +226,9 @@ def load_version(
         raise ModelLoadError(f"{config.engine} cannot load {path}: {exc}") from exc
     try:
         inputs, outputs = signature.resolve(config, engine.inputs, engine.outputs)
-        effective = config.model_copy(update={"inputs": inputs, "outputs": outputs})
+        effective = config.model_copy(
+            update={"inputs": inputs, "outputs": outputs, "device": engine.device}
+        )
         _warm_up(engine, effective, config.instances)
     except BaseException:
         engine.close()
@@ -215,6 +237,7 @@ def load_version(
     pool = InstancePool(loaded.label, engine, effective, completions, loop)
     pool.start(config.instances)
     loaded.pool = pool
+    loaded.instance_stats = pool.stats
     loaded.state = ModelState.READY
     loaded.load_seconds = time.perf_counter() - started
     return loaded

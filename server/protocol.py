@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .datatypes import BF16, JSON_DECODE, NUMPY, datatype_of
+from .datatypes import BF16, FROM_NUMPY, JSON_DECODE, NUMPY, datatype_of
 from .errors import InvalidRequest, PayloadTooLarge, Unsupported
 
 _U32 = struct.Struct("<I")
@@ -33,6 +33,8 @@ class InferInput:
     name: str
     datatype: str
     array: np.ndarray
+    offset: int | None = None
+    """Where a binary input's bytes start in the body (None for JSON data)."""
 
 
 @dataclass(slots=True)
@@ -53,6 +55,85 @@ class InferRequest:
     @property
     def output_names(self) -> list[str] | None:
         return [o.name for o in self.outputs] if self.outputs is not None else None
+
+
+def header_size(header_length: str, body_size: int) -> int:
+    """The JSON header's size from Inference-Header-Content-Length, checked against the body."""
+    try:
+        split = int(header_length)
+    except ValueError:
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+        ) from None
+    if not 0 < split <= body_size:
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length {split} does not fit a body of {body_size} bytes"
+        )
+    return split
+
+
+@dataclass(slots=True, frozen=True)
+class Layout:
+    """A binary request's header, decoded and checked once.
+
+    Clients send the same JSON header with every request of a shape (perf_analyzer, wrk,
+    tritonclient all do), so a version keeps the layouts of recent headers: a body whose header
+    bytes match skips JSON parsing and schema checks and goes straight to np.frombuffer.
+    """
+
+    request: InferRequest
+    """The header's outputs and flags (no arrays): what encode_response needs."""
+    tensors: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]
+    """(name, dtype, shape, offset, count) per input, in model order."""
+    outputs: list[str]
+    rows: int
+    body_size: int
+
+    @classmethod
+    def of(
+        cls,
+        request: InferRequest,
+        arrays: Mapping[str, np.ndarray],
+        outputs: list[str],
+        rows: int,
+        body_size: int,
+    ) -> Layout | None:
+        """The layout of a decoded, checked request, or None when it cannot be reused."""
+        if request.id is not None or (
+            request.parameters and set(request.parameters) - {"binary_data_output"}
+        ):
+            return None
+        offsets = {t.name: t.offset for t in request.inputs}
+        tensors = []
+        for name, array in arrays.items():
+            offset = offsets[name]
+            if offset is None or array.dtype.kind in "Ob":  # BYTES and BOOL are checked per body
+                return None
+            tensors.append((name, array.dtype, array.shape, offset, array.size))
+        bare = InferRequest([], request.outputs, None, request.parameters, request.binary_output)
+        return cls(bare, tuple(tensors), outputs, rows, body_size)
+
+    def arrays(self, body: bytes) -> dict[str, np.ndarray]:
+        return {
+            name: np.frombuffer(body, dtype, count, offset).reshape(shape)
+            for name, dtype, shape, offset, count in self.tensors
+        }
+
+
+class LayoutCache:
+    """Recent binary-request layouts of one model version, by header bytes (bounded)."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._entries: dict[bytes, Layout] = {}
+        self._capacity = capacity
+
+    def get(self, header: bytes) -> Layout | None:
+        return self._entries.get(header)
+
+    def put(self, header: bytes, layout: Layout) -> None:
+        if len(self._entries) >= self._capacity:
+            self._entries.clear()  # a client cycling through many shapes: start over
+        self._entries[header] = layout
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -88,60 +169,106 @@ def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | Non
     return body, None
 
 
+_REQUEST_FIELDS = frozenset(("id", "parameters", "inputs", "outputs"))
+
+
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     """Parse an infer body, JSON or JSON header + binary tensors, into numpy arrays."""
+    size = len(body)
     if header_length is not None:
-        try:
-            split = int(header_length)
-        except ValueError:
-            raise InvalidRequest(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-            ) from None
-        if not 0 < split <= len(body):
-            raise InvalidRequest(
-                f"Inference-Header-Content-Length {split} does not fit a body of {len(body)} bytes"
-            )
-        header_bytes: bytes | memoryview = memoryview(body)[:split]
+        split = header_size(header_length, size)
+        header_bytes: bytes | memoryview = memoryview(body)[:split] if split < size else body
     else:
-        split = len(body)
+        split = size
         header_bytes = body
     try:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON in the inference request: {exc}") from exc
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise InvalidRequest("the inference request must be a JSON object")
-    unknown = set(header) - {"id", "parameters", "inputs", "outputs"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s) in the inference request: {sorted(unknown)}")
-    parameters = _parameters(header.get("parameters"), "request")
+    for key in header:
+        if key not in _REQUEST_FIELDS:
+            unknown = sorted(set(header) - _REQUEST_FIELDS)
+            raise InvalidRequest(f"unknown field(s) in the inference request: {unknown}")
+    parameters = header.get("parameters")
+    binary_output = False
+    if parameters is not None:
+        if type(parameters) is not dict:
+            raise InvalidRequest("'parameters' of the request must be a JSON object")
+        binary_output = bool(parameters.get("binary_data_output", False))
+        _check_reserved(parameters)
     raw_inputs = header.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
+    if type(raw_inputs) is not list or not raw_inputs:
         raise InvalidRequest("the inference request needs 'inputs', a non-empty list")
-    binary = memoryview(body)
     offset = split
+    view = memoryview(body) if split < size else None
     inputs = []
     for index, raw in enumerate(raw_inputs):
-        tensor, offset = _input(raw, index, binary, offset)
-        inputs.append(tensor)
-    if offset != len(body):
+        if type(raw) is not dict:
+            raise InvalidRequest(f"inputs[{index}] must be a JSON object")
+        name = raw.get("name")
+        if type(name) is not str or not name:
+            raise InvalidRequest(f"inputs[{index}] needs a 'name' (a string)")
+        datatype = raw.get("datatype")
+        if datatype not in NUMPY:
+            raise InvalidRequest(
+                f"input '{name}': unknown datatype {datatype!r} (KServe v2 datatypes: "
+                f"{', '.join(NUMPY)})"
+            )
+        shape = raw.get("shape")
+        if type(shape) is not list:
+            raise InvalidRequest(
+                f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"
+            )
+        count = 1
+        for dim in shape:
+            if type(dim) is not int or dim < 0:  # bool is not a dim
+                raise InvalidRequest(
+                    f"input '{name}': 'shape' must be a list of non-negative integers, "
+                    f"got {shape!r}"
+                )
+            count *= dim
+        params = raw.get("parameters")
+        nbytes = None
+        if params is not None:
+            if type(params) is not dict:
+                raise InvalidRequest(f"'parameters' of the input '{name}' must be a JSON object")
+            nbytes = params.get("binary_data_size")
+        if nbytes is not None:
+            if "data" in raw:
+                raise InvalidRequest(
+                    f"input '{name}': give either 'data' or binary_data_size, not both"
+                )
+            if type(nbytes) is not int or nbytes < 0:
+                raise InvalidRequest(
+                    f"input '{name}': binary_data_size must be a non-negative integer"
+                )
+            end = offset + nbytes
+            if end > size or view is None:
+                raise InvalidRequest(
+                    f"input '{name}': binary_data_size {nbytes} runs past the end of the body "
+                    f"({size - offset} bytes left)"
+                )
+            array = _from_binary(name, datatype, shape, count, view[offset:end])
+            inputs.append(InferInput(name, datatype, array, offset))
+            offset = end
+        elif "data" in raw:
+            array = _from_json(name, datatype, shape, count, raw["data"])
+            inputs.append(InferInput(name, datatype, array))
+        else:
+            raise InvalidRequest(f"input '{name}' has neither 'data' nor binary_data_size")
+    if offset != size:
         raise InvalidRequest(
-            f"the body has {len(body) - offset} bytes of binary data that no input claims "
+            f"the body has {size - offset} bytes of binary data that no input claims "
             "(check binary_data_size)"
         )
-    outputs = _outputs(header.get("outputs"))
-    binary_output = bool(parameters.get("binary_data_output", False)) if parameters else False
-    if parameters:
-        _check_reserved(parameters)
-    return InferRequest(inputs, outputs, header.get("id"), parameters, binary_output)
-
-
-def _parameters(value: Any, where: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"'parameters' of the {where} must be a JSON object")
-    return value
+    raw_outputs = header.get("outputs")
+    outputs = None if raw_outputs is None else _outputs(raw_outputs)
+    request_id = header.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise InvalidRequest(f"'id' must be a string, got {type(request_id).__name__}")
+    return InferRequest(inputs, outputs, request_id, parameters, binary_output)
 
 
 def _check_reserved(parameters: dict[str, Any]) -> None:
@@ -150,51 +277,6 @@ def _check_reserved(parameters: dict[str, Any]) -> None:
             raise InvalidRequest(
                 f"parameter {name!r}: sequence batching is not supported by this model"
             )
-
-
-def _input(raw: Any, index: int, body: memoryview, offset: int) -> tuple[InferInput, int]:
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"inputs[{index}] must be a JSON object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"inputs[{index}] needs a 'name' (a string)")
-    datatype = raw.get("datatype")
-    if datatype not in NUMPY:
-        raise InvalidRequest(
-            f"input '{name}': unknown datatype {datatype!r} (KServe v2 datatypes: "
-            f"{', '.join(NUMPY)})"
-        )
-    shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not all(type(d) is int and d >= 0 for d in shape)  # bool is not a dim
-    ):
-        raise InvalidRequest(
-            f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"
-        )
-    count = 1
-    for dim in shape:
-        count *= dim
-    parameters = _parameters(raw.get("parameters"), f"input '{name}'")
-    size = parameters.get("binary_data_size") if parameters else None
-    if size is not None:
-        if "data" in raw:
-            raise InvalidRequest(
-                f"input '{name}': give either 'data' or binary_data_size, not both"
-            )
-        if type(size) is not int or size < 0:
-            raise InvalidRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-        end = offset + size
-        if end > len(body):
-            raise InvalidRequest(
-                f"input '{name}': binary_data_size {size} runs past the end of the body "
-                f"({len(body) - offset} bytes left)"
-            )
-        array = _from_binary(name, datatype, shape, count, body[offset:end])
-        return InferInput(name, datatype, array), end
-    if "data" not in raw:
-        raise InvalidRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-    return InferInput(name, datatype, _from_json(name, datatype, shape, count, raw["data"])), offset
 
 
 def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
@@ -307,7 +389,13 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidRequest(f"outputs[{index}] must be an object with a 'name'")
-        parameters = _parameters(item.get("parameters"), f"output '{item['name']}'") or {}
+        parameters = item.get("parameters")
+        if parameters is None:
+            parameters = {}
+        elif type(parameters) is not dict:
+            raise InvalidRequest(
+                f"'parameters' of the output '{item['name']}' must be a JSON object"
+            )
         if parameters.get("classification"):
             raise Unsupported(
                 f"output '{item['name']}': the classification extension is not supported"
@@ -324,26 +412,48 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length."""
     if request.outputs is None:
-        wanted = [(name, request.binary_output) for name in results]
+        binary = request.binary_output
+        wanted: Any = ((name, binary) for name in results)
     else:
-        wanted = [(o.name, o.binary) for o in request.outputs]
+        wanted = ((o.name, o.binary) for o in request.outputs)
     entries = []
     blobs: list[Any] = []
     for name, binary in wanted:
         array = results[name]
-        datatype = datatype_of(array)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        datatype = FROM_NUMPY.get(array.dtype) or datatype_of(array)
         if binary:
             blob = _to_binary(array, datatype)
-            entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+            entries.append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": memoryview(blob).nbytes},
+                }
+            )
         else:
-            entry["data"] = _to_json(array, datatype)
-        entries.append(entry)
-    response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
-    if request.id is not None:
-        response["id"] = request.id
-    response["outputs"] = entries
+            entries.append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "data": _to_json(array, datatype),
+                }
+            )
+    if request.id is None:
+        response = {
+            "model_name": model_name,
+            "model_version": str(model_version),
+            "outputs": entries,
+        }
+    else:
+        response = {
+            "model_name": model_name,
+            "model_version": str(model_version),
+            "id": request.id,
+            "outputs": entries,
+        }
     header = orjson.dumps(response, option=_JSON_OPTIONS)
     if not blobs:
         return header, None
@@ -356,7 +466,7 @@ def _to_json(array: np.ndarray, datatype: str) -> Any:
             v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
             for v in array.ravel()
         ]
-    flat = np.ascontiguousarray(array).reshape(-1)
+    flat = array.reshape(-1) if array.flags.c_contiguous else np.ascontiguousarray(array).ravel()
     if datatype == "BF16":
         return flat.astype(np.float32)
     if flat.dtype.byteorder == ">":
@@ -372,7 +482,9 @@ def _to_binary(array: np.ndarray, datatype: str) -> Any:
             parts.append(_U32.pack(len(data)))
             parts.append(data)
         return b"".join(parts)
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.byteorder == ">":
-        flat = flat.astype(flat.dtype.newbyteorder("<"))
-    return flat.view(np.uint8).data
+    if datatype == "BF16":
+        array = array.view(np.uint16)
+    elif array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    # A C-contiguous array exports its buffer as is: b"".join copies it once, into the body.
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
