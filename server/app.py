@@ -20,10 +20,12 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import metrics, openapi, wire
+from . import admin, metrics, openapi, wire
 from .accesslog import AccessLog
+from .auth import AuthMiddleware
 from .dataplane import DataPlane
 from .errors import CinferError, InvalidRequest, PayloadTooLarge
+from .guard import Guard
 from .infer import InferEndpoint, Receive, Scope, Send, match
 from .settings import Settings
 
@@ -37,8 +39,15 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def create_app(settings: Settings, dataplane: DataPlane) -> App:
-    """The ASGI application; `dataplane` starts loading the repository when the app starts."""
+def create_app(
+    settings: Settings, dataplane: DataPlane, guard: Guard | None = None
+) -> App | AuthMiddleware:
+    """The ASGI application; `dataplane` starts loading the repository when the app starts.
+
+    With a `guard` (the caller builds one when ``[auth] enabled``), every request but the
+    health probes needs an API token, and /admin serves token management; without one the
+    server is open.
+    """
     limit = settings.server.max_request_bytes
 
     async def read_body(request: Request) -> bytes:
@@ -144,15 +153,27 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await dataplane.start()
-        if settings.metrics.enabled and settings.metrics.port:
-            # A separate port for scrapers (prometheus-client's own threaded server).
-            start_http_server(settings.metrics.port, addr=settings.server.host, registry=registry)
-            log.info("metrics on http://%s:%d/metrics", settings.server.host, settings.metrics.port)
+        if guard is not None:
+            await guard.start()
         try:
-            yield
+            await dataplane.start()
+            try:
+                if settings.metrics.enabled and settings.metrics.port:
+                    # A separate port for scrapers (prometheus-client's own threaded server).
+                    start_http_server(
+                        settings.metrics.port, addr=settings.server.host, registry=registry
+                    )
+                    log.info(
+                        "metrics on http://%s:%d/metrics",
+                        settings.server.host,
+                        settings.metrics.port,
+                    )
+                yield
+            finally:
+                await dataplane.stop()
         finally:
-            await dataplane.stop()
+            if guard is not None:
+                await guard.stop()
 
     from swagger_ui_bundle import swagger_ui_path
 
@@ -183,6 +204,8 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
             # Reached only for what App does not take first (e.g. GET -> 405).
             Route(f"{prefix}/infer", infer, methods=["POST"]),
         ]
+    if guard is not None:
+        routes += admin.routes(guard)
     starlette = Starlette(
         routes=routes,
         exception_handlers={
@@ -192,7 +215,8 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
         },
         lifespan=lifespan,
     )
-    return App(starlette, infer, settings.server.access_log)
+    app = App(starlette, infer, settings.server.access_log)
+    return app if guard is None else AuthMiddleware(app, guard)
 
 
 class App:
