@@ -39,9 +39,7 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def create_app(
-    settings: Settings, dataplane: DataPlane, guard: Guard | None = None
-) -> App | AuthMiddleware:
+def create_app(settings: Settings, dataplane: DataPlane, guard: Guard | None = None) -> App:
     """The ASGI application; `dataplane` starts loading the repository when the app starts.
 
     With a `guard` (the caller builds one when ``[auth] enabled``), every request but the
@@ -177,7 +175,10 @@ def create_app(
 
     from swagger_ui_bundle import swagger_ui_path
 
-    registry = metrics.registry(dataplane.reconciler)
+    auth = AuthMiddleware(None, guard) if guard is not None else None
+    registry = metrics.registry(
+        dataplane.reconciler, (lambda: auth.rejections) if auth is not None else None
+    )
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -215,24 +216,31 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    app = App(starlette, infer, settings.server.access_log)
-    return app if guard is None else AuthMiddleware(app, guard)
+    return App(starlette, infer, auth, settings.server.access_log)
 
 
 class App:
     """The ASGI application: infer POSTs go straight to the hot path, the rest to Starlette."""
 
     def __init__(
-        self, starlette: Starlette, infer: InferEndpoint, access_log: str | bool = False
+        self,
+        starlette: Starlette,
+        infer: InferEndpoint,
+        auth: AuthMiddleware | None = None,
+        access_log: str | bool = False,
     ) -> None:
         self.starlette = starlette
         self.router = starlette.router
         self.infer = infer
-        self._entry = (
-            self._dispatch
-            if not access_log
-            else AccessLog(self._dispatch, "text" if access_log is True else access_log)
-        )
+        # Outermost first: the access log sees every request, refused ones included; the
+        # token check sees every request before routing.
+        entry: Any = self._dispatch
+        if auth is not None:
+            auth.app = entry
+            entry = auth
+        if access_log:
+            entry = AccessLog(entry, "text" if access_log is True else access_log)
+        self._entry = entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._entry(scope, receive, send)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from .errors import CinferError
-from .guard import MAX_CACHED, Guard, Need
-from .infer import Receive, Scope, Send, match
+from .guard import MAX_CACHED, Guard, Need, UnknownToken
+from .infer import Receive, Scope, Send, match, send_error
 
 ANY = Need(())
 READ = Need(("read",))
@@ -76,7 +74,8 @@ class AuthMiddleware:
     def __init__(self, app: Any, guard: Guard) -> None:
         self.app = app
         self.guard = guard
-        self.router = app.router  # lifespan_context, as on the wrapped app
+        self.rejections: dict[int, int] = {}
+        """Refused requests by status (the cinfer_auth_rejections metric)."""
         self._needs: dict[str, Need | None] = {}
         """requirement() per path seen: the infer path of a model is parsed once."""
 
@@ -107,7 +106,11 @@ class AuthMiddleware:
         grant = None
         try:
             credentials, address = guard.credentials(scope)
-            grant = guard.identify(credentials)
+            try:
+                grant = guard.identify(credentials)
+            except UnknownToken:
+                await guard.catch_up()  # a token made by the CLI a moment ago
+                grant = guard.identify(credentials)
             guard.admit(grant, need, address, now, scope)
         except CinferError as exc:
             if guard.logging:
@@ -115,7 +118,8 @@ class AuthMiddleware:
                     (now, grant.id if grant else None, need.model, need.version,
                      exc.status_code, (time.perf_counter() - start) * 1000, address)
                 )  # fmt: skip
-            await send_error(send, exc)
+            self.rejections[exc.status_code] = self.rejections.get(exc.status_code, 0) + 1
+            await send_error(send, exc.status_code, exc.message, exc.headers)
             return
         if not guard.logging:
             await self.app(scope, receive, send)
@@ -135,12 +139,3 @@ class AuthMiddleware:
                 (now, grant.id, need.model, need.version, status,
                  (time.perf_counter() - start) * 1000, address)
             )  # fmt: skip
-
-
-async def send_error(send: Send, exc: CinferError) -> None:
-    body = orjson.dumps({"error": exc.message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    for key, value in (exc.headers or {}).items():
-        headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

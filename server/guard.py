@@ -39,6 +39,12 @@ from .tokens import (
 log = logging.getLogger("cinfer")
 
 MAX_CACHED = 4096
+
+
+class UnknownToken(Unauthorized):
+    """A well-formed token that no loaded token matches (yet: see Guard.catch_up)."""
+
+
 """Entries per in-memory cache (verified headers, model and address decisions) before reset."""
 MAX_LOG_ROWS = 500_000
 """Usage log rows held while the database cannot be written; later ones are dropped."""
@@ -166,6 +172,8 @@ class Guard:
         self._version = 0
         self._pruned = 0.0
         self._lock = asyncio.Lock()
+        self._caught_up = -math.inf
+        self._catching_up: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
 
@@ -234,6 +242,33 @@ class Guard:
                 "usage log: %d rows dropped while the database was unwritable", self._dropped
             )
             self._dropped = 0
+
+    async def catch_up(self) -> None:
+        """Look for tokens another process added since the last sync, now.
+
+        Called when a request presents a token this process does not know, so that
+        ``cinfer tokens create`` followed at once by a request works. Concurrent callers share
+        one check, and checks are at least 50 ms apart: unknown tokens cannot turn into load
+        on the database.
+        """
+        if self._catching_up is None:
+            now = time.monotonic()
+            if now - self._caught_up < 0.05:
+                return
+            self._caught_up = now
+            self._catching_up = asyncio.ensure_future(self._check_version())
+            self._catching_up.add_done_callback(self._caught)
+        await asyncio.shield(self._catching_up)
+
+    def _caught(self, _: asyncio.Future[None]) -> None:
+        self._catching_up = None
+
+    async def _check_version(self) -> None:
+        async with self._lock:
+            version = await self.database.data_version()
+            if version != self._version:
+                self._version = version
+                await self._load()
 
     async def reload(self) -> None:
         """Load the tokens again now (after a change through the admin API)."""
@@ -374,7 +409,7 @@ class Guard:
             raise Unauthorized("malformed API token: expected cinfer_<12 hex digits>_<secret>")
         grant = self._grants.get(parts[0])
         if grant is None or not compare_digest(hash_secret(parts[1]), grant.token.secret_hash):
-            raise Unauthorized("unknown API token")
+            raise UnknownToken("unknown API token")
         if len(self._verified) >= MAX_CACHED:
             self._verified.clear()
         self._verified[credentials] = grant.id

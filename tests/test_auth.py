@@ -592,3 +592,36 @@ async def test_log_retention_zero_writes_no_usage_log(tmp_path: Path, tiny_onnx:
         with sqlite3.connect(h.guard.database.path) as conn:
             assert conn.execute("SELECT count(*) FROM usage_log").fetchone() == (0,)
             assert conn.execute("SELECT used FROM tokens").fetchone() == (1,)
+
+
+# -- with the rest of the server ---------------------------------------------------------------
+
+
+async def test_rejections_are_counted_in_the_metrics_and_access_log(
+    tmp_path: Path, tiny_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    onnx_models.model_folder(root, "tiny", TINY, {1: tiny_onnx})
+    settings = Settings(
+        server={"access_log": "text"},
+        auth=AuthSettings(enabled=True, database=tmp_path / "data" / "cinfer.db"),
+    )
+    clock = Clock(NOW)
+    guard = Guard(Database(settings.auth.database, clock=clock), settings.auth, clock=clock)
+    dataplane = DataPlane(Reconciler(root))
+    app = create_app(settings, dataplane, guard)
+    harness = Harness(app, guard, clock)
+    async with app.router.lifespan_context(app):
+        await dataplane.wait_ready()
+        reader = await harness.create("reader", scopes=["read"])
+        with caplog.at_level("INFO", logger="cinfer.access"):
+            assert (await harness.infer(None)).status_code == 401
+            assert (await harness.infer("cinfer_nope_nope")).status_code == 401
+            assert (await harness.infer(reader)).status_code == 403
+        scraped = await harness.request("GET", "/metrics", reader)
+        for client in harness.clients.values():
+            await client.aclose()
+    assert 'cinfer_auth_rejections_total{status="401"} 2.0' in scraped.text
+    assert 'cinfer_auth_rejections_total{status="403"} 1.0' in scraped.text
+    logged = [r.getMessage() for r in caplog.records if r.name == "cinfer.access"]
+    assert [line.split(" status=")[1].split()[0] for line in logged] == ["401", "401", "403"]
