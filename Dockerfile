@@ -2,7 +2,9 @@
 # MALLOC_ARENA_MAX=2 keeps glibc from holding freed memory across model reloads
 # (docs/performance.md, "Memory over load / unload cycles").
 #   docker build -t cinfer .
-#   docker run -p 8000:8000 -v $PWD/repository:/models cinfer
+#   docker run -p 8000:8000 -v $PWD/repository:/models -v cinfer-data:/data --name cinfer cinfer
+#   docker exec cinfer cinfer tokens create --name admin --scope admin,read,infer
+# API tokens are on; their database lives in the /data volume.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,15 +13,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2 \
     CINFER_SERVER__HOST=0.0.0.0 \
     CINFER_SERVER__PORT=8000 \
-    CINFER_REPOSITORY__PATH=/models
+    CINFER_REPOSITORY__PATH=/models \
+    CINFER_AUTH__ENABLED=true \
+    CINFER_AUTH__DATABASE=/data/cinfer.db
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN pip install . && useradd --system --uid 10001 cinfer
+RUN pip install . && useradd --system --uid 10001 cinfer \
+    && mkdir /data && chown cinfer /data
 
 USER cinfer
-VOLUME ["/models"]
+VOLUME ["/models", "/data"]
 EXPOSE 8000
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

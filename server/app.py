@@ -125,7 +125,7 @@ def create_app(settings: Settings, dataplane: DataPlane, guard: Guard | None = N
     # -- documentation --------------------------------------------------------------------
 
     async def openapi_json(request: Request) -> Response:
-        return JSONResponse(openapi.build(dataplane.reconciler))
+        return JSONResponse(openapi.build(dataplane.reconciler, tokens=guard is not None))
 
     async def docs(request: Request) -> Response:
         return HTMLResponse(openapi.DOCS_HTML)

@@ -48,8 +48,9 @@ ERRORS = {
 }
 
 
-def build(reconciler: Reconciler) -> dict[str, Any]:
-    """The whole document for the models loaded now."""
+def build(reconciler: Reconciler, tokens: bool = False) -> dict[str, Any]:
+    """The whole document for the models loaded now; with `tokens`, every operation but the
+    health probes asks for a bearer token (Swagger UI then shows its Authorize button)."""
     _, defs = models_json_schema(
         [
             (m, "validation")
@@ -108,7 +109,7 @@ def build(reconciler: Reconciler) -> dict[str, Any]:
         if ready:
             version = max(ready, key=lambda v: v.version)
             paths[f"/v2/models/{name}/infer"] = {"post": _model_infer(version, model.description)}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "Cinfer",
@@ -119,6 +120,16 @@ def build(reconciler: Reconciler) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    if tokens:
+        document["components"]["securitySchemes"] = {
+            "token": {"type": "http", "scheme": "bearer", "bearerFormat": "cinfer_<id>_<secret>"}
+        }
+        document["security"] = [{"token": []}]
+        for path, operations in paths.items():
+            if path.startswith("/v2/health/"):
+                for operation in operations.values():
+                    operation["security"] = []
+    return document
 
 
 def _model_infer(version: ModelVersion, description: str) -> dict[str, Any]:

@@ -625,3 +625,16 @@ async def test_rejections_are_counted_in_the_metrics_and_access_log(
     assert 'cinfer_auth_rejections_total{status="403"} 1.0' in scraped.text
     logged = [r.getMessage() for r in caplog.records if r.name == "cinfer.access"]
     assert [line.split(" status=")[1].split()[0] for line in logged] == ["401", "401", "403"]
+
+
+async def test_openapi_asks_for_a_bearer_token(h: Harness) -> None:
+    reader = await h.create("reader", scopes=["read"])
+    spec = (await h.request("GET", "/openapi.json", reader)).json()
+    assert spec["components"]["securitySchemes"]["token"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "cinfer_<id>_<secret>",
+    }
+    assert spec["security"] == [{"token": []}]
+    assert spec["paths"]["/v2/health/ready"]["get"]["security"] == []
+    assert "security" not in spec["paths"]["/v2/models/tiny/infer"]["post"]
