@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import sys
 
-from benchkit.cli import main
-
 if __name__ == "__main__":
+    # Imported here, not above: load workers are spawned processes that import this file
+    # as __mp_main__, and they need only benchkit.load, not the whole command line.
+    from benchkit.cli import main
+
     sys.exit(main())

@@ -54,11 +54,13 @@ class Window:
             merge_errors(errors, s.errors)
         return cls(
             throughput=sum(
-                s.latencies_ns.size * batch / (s.duration_ns / 1e9)
+                len(s.latencies_ns) * batch / (s.duration_ns / 1e9)
                 for s in samples
                 if s.duration_ns > 0
             ),
-            latencies_ns=np.concatenate([s.latencies_ns for s in samples]),
+            latencies_ns=np.concatenate(
+                [np.frombuffer(s.latencies_ns, dtype=np.int64) for s in samples]
+            ),
             send_ns=sum(s.send_ns for s in samples),
             recv_ns=sum(s.recv_ns for s in samples),
             errors=errors,
