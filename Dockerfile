@@ -1,4 +1,6 @@
 # Cinfer: serves the model repository mounted at /models on port 8000.
+# MALLOC_ARENA_MAX=2 keeps glibc from holding freed memory across model reloads
+# (docs/performance.md, "Memory over load / unload cycles").
 #   docker build -t cinfer .
 #   docker run -p 8000:8000 -v $PWD/repository:/models cinfer
 FROM python:3.11-slim
@@ -6,6 +8,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    MALLOC_ARENA_MAX=2 \
     CINFER_SERVER__HOST=0.0.0.0 \
     CINFER_SERVER__PORT=8000 \
     CINFER_REPOSITORY__PATH=/models

@@ -9,9 +9,15 @@ STAMP := $(VENV)/.installed-stamp
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# torch first and pinned: here torch==2.13.0 resolves to the CPU build on local disk, where the
+# bare "torch" of the `all` extra would pull a multi-GB CUDA build. On a GPU machine, point
+# TORCH at a CUDA build instead (make install TORCH="torch==2.13.0 --index-url ...").
+TORCH ?= torch==2.13.0
+
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[all,test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

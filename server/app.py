@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,7 +20,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import openapi, wire
+from . import metrics, openapi, wire
+from .accesslog import AccessLog
 from .dataplane import DataPlane
 from .errors import CinferError, InvalidRequest, PayloadTooLarge
 from .infer import InferEndpoint, Receive, Scope, Send, match
@@ -90,11 +92,18 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
         p = request.path_params
         return JSONResponse(dataplane.model_config(p["model"], p.get("version")))
 
+    async def model_stats(request: Request) -> Response:
+        p = request.path_params
+        return JSONResponse(dataplane.model_statistics(p.get("model"), p.get("version")))
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     # -- repository -----------------------------------------------------------------------
 
     async def repository_index(request: Request) -> Response:
         body = await read_json(request, wire.RepositoryIndexRequest)
-        return JSONResponse(dataplane.repository_index(body.ready))
+        return JSONResponse(await dataplane.repository_index(body.ready))
 
     async def repository_load(request: Request) -> Response:
         body = await read_json(request, wire.RepositoryLoadRequest)
@@ -136,6 +145,10 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await dataplane.start()
+        if settings.metrics.enabled and settings.metrics.port:
+            # A separate port for scrapers (prometheus-client's own threaded server).
+            start_http_server(settings.metrics.port, addr=settings.server.host, registry=registry)
+            log.info("metrics on http://%s:%d/metrics", settings.server.host, settings.metrics.port)
         try:
             yield
         finally:
@@ -143,9 +156,11 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
 
     from swagger_ui_bundle import swagger_ui_path
 
+    registry = metrics.registry(dataplane.reconciler)
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
+        Route("/v2/models/stats", model_stats, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
@@ -156,12 +171,15 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
         Route("/docs", docs, methods=["GET"]),
         Mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets"),
     ]
+    if settings.metrics.enabled and not settings.metrics.port:
+        routes.append(Route("/metrics", prometheus, methods=["GET"]))
     infer = InferEndpoint(dataplane, limit)
     for prefix in (model, versioned):
         routes += [
             Route(prefix, model_metadata, methods=["GET"]),
             Route(f"{prefix}/ready", model_ready, methods=["GET"]),
             Route(f"{prefix}/config", model_config, methods=["GET"]),
+            Route(f"{prefix}/stats", model_stats, methods=["GET"]),
             # Reached only for what App does not take first (e.g. GET -> 405).
             Route(f"{prefix}/infer", infer, methods=["POST"]),
         ]
@@ -174,18 +192,28 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
         },
         lifespan=lifespan,
     )
-    return App(starlette, infer)
+    return App(starlette, infer, settings.server.access_log)
 
 
 class App:
     """The ASGI application: infer POSTs go straight to the hot path, the rest to Starlette."""
 
-    def __init__(self, starlette: Starlette, infer: InferEndpoint) -> None:
+    def __init__(
+        self, starlette: Starlette, infer: InferEndpoint, access_log: str | bool = False
+    ) -> None:
         self.starlette = starlette
         self.router = starlette.router
         self.infer = infer
+        self._entry = (
+            self._dispatch
+            if not access_log
+            else AccessLog(self._dispatch, "text" if access_log is True else access_log)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             target = match(scope["path"])
             if target is not None:

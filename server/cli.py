@@ -51,6 +51,11 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # watchfiles logs "N changes detected" at INFO for every batch of file events; the
+    # reconciler logs what they changed.
+    logging.getLogger("watchfiles").setLevel(
+        max(logging.WARNING, logging.getLevelName(level.upper()))
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -75,12 +80,14 @@ def serve(settings: Settings) -> int:
     if not root.is_dir():
         log.error("model repository %s does not exist or is not a folder", root)
         return 2
-    dataplane = DataPlane(Reconciler(root))
+    repository = settings.repository
+    dataplane = DataPlane(Reconciler(root), repository.mode, repository.settle_ms)
     app = create_app(settings, dataplane)
     log.info(
-        "cinfer %s serving %s on http://%s:%d",
+        "cinfer %s serving %s (%s mode) on http://%s:%d",
         __version__,
         root,
+        repository.mode,
         settings.server.host,
         settings.server.port,
     )
@@ -94,6 +101,9 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         server_header=False,
         date_header=False,
+        # SIGTERM / SIGINT: stop accepting, give requests in flight this long, then the
+        # lifespan shutdown unloads the models.
+        timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     server.run()

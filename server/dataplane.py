@@ -9,21 +9,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import numpy as np
 
-from . import __version__, protocol
+from . import __version__, metrics, protocol
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable
+from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion
 from .protocol import InferRequest
 from .reconciler import Reconciler
+from .repository import is_model_name
 from .scheduler import InstancePool
+from .settings import RepositoryMode
+from .watcher import Watcher
 
 log = logging.getLogger("cinfer")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 #: Engine -> Triton's platform / backend names (clients key behaviour off "platform").
 PLATFORMS = {
@@ -34,10 +39,20 @@ PLATFORMS = {
 
 
 class DataPlane:
-    def __init__(self, reconciler: Reconciler) -> None:
+    """What the API does. `mode` says how the repository is followed ([repository] mode):
+    watch loads at start-up and then follows the folder, startup loads once, explicit loads
+    only what the load API asks for."""
+
+    def __init__(
+        self, reconciler: Reconciler, mode: RepositoryMode = "watch", settle_ms: int = 500
+    ) -> None:
         self.reconciler = reconciler
+        self.mode = mode
+        self.settle_ms = settle_ms
         self.ready = False
-        """True once the start-up load has finished (failed models do not hold it back)."""
+        """True once the start-up load has finished (failed models do not hold it back, nor
+        do later reloads: Kubernetes must not pull a serving pod out of its Service)."""
+        self.watcher: Watcher | None = None
         self._loaded: asyncio.Event | None = None
         self._startup: asyncio.Task[None] | None = None
 
@@ -45,19 +60,31 @@ class DataPlane:
         """Bind to the running loop and start loading the repository in the background, so
         liveness answers while models load and readiness flips when they are done."""
         self._loaded = asyncio.Event()
-        self.reconciler.start(asyncio.get_running_loop())
+        reconciler = self.reconciler
+        reconciler.start(asyncio.get_running_loop())
+        if self.mode == "watch":
+            # Started before the start-up load lists the folder, so no change falls between.
+            self.watcher = Watcher(
+                reconciler.root, self.settle_ms, reconciler.changed, lambda: list(reconciler.models)
+            )
+            self.watcher.start()
         self._startup = asyncio.create_task(self._initial_load())
 
     async def _initial_load(self) -> None:
         try:
-            await self.reconciler.load_all()
+            if self.mode != "explicit":
+                await self.reconciler.load_all()
         except CinferError as exc:
             log.error("start-up load failed: %s", exc)
         finally:
             self.ready = True
             assert self._loaded is not None
             self._loaded.set()
-            log.info("start-up load done: %d model(s)", len(self.reconciler.models))
+            log.info(
+                "start-up load done (%s mode): %d model(s)",
+                self.mode,
+                len(self.reconciler.models),
+            )
 
     async def wait_ready(self) -> None:
         """Wait for the start-up load (tests and tools)."""
@@ -65,7 +92,9 @@ class DataPlane:
         await self._loaded.wait()
 
     async def stop(self) -> None:
-        """Finish the start-up load if it is still running, then unload everything."""
+        """Stop following the folder, finish or cancel the start-up load, unload everything."""
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self._startup is not None and not self._startup.done():
             self._startup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -142,9 +171,7 @@ class DataPlane:
                 }
                 for t in config.outputs or ()
             ],
-            "instance_group": [
-                {"name": name, "kind": "KIND_CPU", "count": config.instances, "gpus": []}
-            ],
+            "instance_group": [_instance_group(name, config)],
             "default_model_filename": config.file or "",
             "parameters": {k: {"string_value": str(v)} for k, v in config.parameters.items()},
             "model_transaction_policy": {"decoupled": False},
@@ -177,55 +204,77 @@ class DataPlane:
             )
         return found, pool
 
-    async def infer(
-        self, name: str, version: str | None, request: InferRequest
-    ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        """Run a decoded request."""
-        found, pool = self.serving(name, version)
-        arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
-        return found, await pool.submit(arrays, outputs, rows)
-
     async def infer_body(
-        self, name: str, version: str | None, body: bytes, header_length: str | None
-    ) -> tuple[ModelVersion, InferRequest, dict[str, np.ndarray]]:
-        """Decode and run an infer body (JSON, or JSON header + binary tensors)."""
+        self, found: ModelVersion, pool: InstancePool, body: bytes, header_length: str | None
+    ) -> tuple[InferRequest, dict[str, np.ndarray], int]:
+        """Decode and run an infer body (JSON, or JSON header + binary tensors) on the version
+        `serving()` chose: (the request, its outputs, its rows)."""
         if header_length is None:
             request = protocol.decode_request(body, None)
-            found, results = await self.infer(name, version, request)
-            return found, request, results
-        found, pool = self.serving(name, version)
+            arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
+            return request, await pool.submit(arrays, outputs, rows), rows
         key = body[: protocol.header_size(header_length, len(body))]
         layout = found.layouts.get(key)
         if layout is not None and layout.body_size == len(body):
             results = await pool.submit(layout.arrays(body), layout.outputs, layout.rows)
-            return found, layout.request, results
+            return layout.request, results, layout.rows
         request = protocol.decode_request(body, header_length)
         arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
         layout = protocol.Layout.of(request, arrays, outputs, rows, len(body))
         if layout is not None:
             found.layouts.put(key, layout)
-        return found, request, await pool.submit(arrays, outputs, rows)
+        return request, await pool.submit(arrays, outputs, rows), rows
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics extension: every loaded version, one model's, or one version."""
+        if name is None:
+            models = [self.reconciler.models[n] for n in sorted(self.reconciler.models)]
+            versions = [v for m in models for _, v in sorted(m.versions.items())]
+        elif version:
+            versions = [self.model(name).get(version)]
+        else:
+            versions = [v for _, v in sorted(self.model(name).versions.items())]
+        return {"model_stats": [metrics.statistics(v) for v in versions]}
 
     # -- repository -----------------------------------------------------------------------
 
-    def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
-        return self.reconciler.index(ready_only)
+    async def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
+        return await self.reconciler.index(ready_only)
 
     async def load_model(self, name: str, parameters: dict[str, Any] | None) -> None:
+        """Re-read the model's folder and apply it (load, reload with swap-when-ready, or
+        nothing when unchanged); an error names what failed and what still serves."""
         if parameters:
             raise InvalidRequest(
                 "load parameters (config overrides, file contents) are not supported: "
                 "edit the model folder instead"
             )
-        if not (self.reconciler.root / name).is_dir():
+        if not is_model_name(name) or not await asyncio.to_thread(
+            (self.reconciler.root / name).is_dir
+        ):
             raise NotFound(f"no folder for model '{name}' in the repository")
-        model = await self.reconciler.load(name)
-        if not any(v.ready for v in model.versions.values()):
-            reasons = [v.reason for v in model.versions.values() if v.reason] or [model.reason]
-            raise InvalidRequest(f"failed to load model '{name}': {'; '.join(reasons)}")
+        outcome = await self.reconciler.load(name)
+        if outcome.failures:
+            serving = ", ".join(map(str, outcome.serving))
+            still = f" (still serving version {serving})" if serving else ""
+            raise InvalidRequest(
+                f"failed to load model '{name}': {'; '.join(outcome.failures)}{still}"
+            )
 
     async def unload_model(self, name: str) -> None:
         await self.reconciler.unload(name)
+
+
+def _instance_group(name: str, config: ModelConfig) -> dict[str, Any]:
+    """Triton's instance_group from the device the engine resolved ("cuda:1", "GPU.0")."""
+    device = config.device
+    if device.startswith(("cuda", "GPU")):
+        index = re.search(r"(\d+)$", device)
+        gpus = [int(index.group(1)) if index else 0]
+        return {"name": name, "kind": "KIND_GPU", "count": config.instances, "gpus": gpus}
+    return {"name": name, "kind": "KIND_CPU", "count": config.instances, "gpus": []}
 
 
 def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> dict[str, Any]:

@@ -10,7 +10,9 @@ DataPlane, encode, send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -19,6 +21,7 @@ import orjson
 from . import protocol
 from .dataplane import DataPlane
 from .errors import CinferError, PayloadTooLarge
+from .metrics import failure_reason
 
 log = logging.getLogger("cinfer")
 
@@ -26,6 +29,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+SCOPE_KEY = "cinfer.infer"
+"""Set in the ASGI scope after a successful infer: (model, version, rows), for the access log."""
 
 JSON = b"application/json"
 BINARY = b"application/octet-stream"
@@ -65,6 +71,8 @@ class InferEndpoint:
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
+        start = time.perf_counter_ns()
+        found = None
         length = encoding = header_length = accept = None
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -79,21 +87,34 @@ class InferEndpoint:
             body = await self._read_body(receive, length)
             if encoding:
                 body = protocol.decompress(body, encoding, self.limit)
-            found, request, results = await self.dataplane.infer_body(
-                model, version, body, header_length
+            found, pool = self.dataplane.serving(model, version)
+            request, results, rows = await self.dataplane.infer_body(
+                found, pool, body, header_length
             )
             payload, json_length = protocol.encode_response(
                 found.name, found.version, request, results
             )
         except CinferError as exc:
+            if found is not None:
+                found.requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
             await _send_error(send, exc.status_code, exc.message, exc.headers)
             return
         except ClientDisconnected:
             return
-        except Exception as exc:
+        except asyncio.CancelledError:
+            if found is not None:
+                found.requests.failed("CANCELED", time.perf_counter_ns() - start)
+            raise
+        except Exception as exc:  # nothing a client sends may crash the server
             log.error("infer on model %s failed unexpectedly", model, exc_info=exc)
+            if found is not None:
+                found.requests.failed("BACKEND", time.perf_counter_ns() - start)
             await _send_error(send, 500, "internal server error (see the server log)", None)
             return
+        # Counted before the response leaves: a client reading the statistics after its
+        # response finds its request in them.
+        found.requests.succeeded(time.perf_counter_ns() - start)
+        scope[SCOPE_KEY] = (found.name, found.version, rows)
         headers = [(b"content-type", JSON if json_length is None else BINARY)]
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))

@@ -1,8 +1,9 @@
 """model.toml: what a model folder declares, as pydantic models with unknown keys rejected.
 
-engine = "onnxruntime"       # required
+engine = "onnxruntime"       # required: onnxruntime | openvino | torch
 max_batch_size = 32          # 0 = no implicit batch dimension
 instances = 2
+device = "cpu"               # cpu | cuda | cuda:N | auto | an OpenVINO device name (GPU, ...)
 [[inputs]] / [[outputs]]     # optional for engines that can read them from the file
 [batching]                   # present = dynamic batching on
 [version_policy]             # latest = N | all = true | specific = [..]
@@ -11,13 +12,18 @@ instances = 2
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .datatypes import Datatype
 
 Dim = Annotated[int, Field(ge=-1)]
+
+#: cpu, auto, cuda, cuda:N, or an OpenVINO device name as OpenVINO spells it (CPU, GPU, GPU.1,
+#: NPU, AUTO:GPU,CPU, ...).
+DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?|[A-Z][A-Z0-9_]*(\.\d+)?(:[A-Z0-9_.,]+)?)$")
 
 
 class Strict(BaseModel):
@@ -94,11 +100,15 @@ class ModelConfig(Strict):
     """The contents of one model.toml."""
 
     engine: str = Field(min_length=1)
-    """Engine name: onnxruntime (more engines register in server.engines)."""
+    """Engine name: onnxruntime, openvino or torch (the table is server.engines.ENGINES)."""
     max_batch_size: int = Field(0, ge=0)
     """0: shapes are complete; N > 0: shapes exclude a batch dim of up to N rows per request."""
     instances: int = Field(1, ge=1, le=256)
     """Engine instances running in parallel."""
+    device: str = "cpu"
+    """Where the model runs: "cpu", "cuda" / "cuda:N" (NVIDIA, onnxruntime and torch), "auto"
+    (the first GPU the engine can use, else CPU), or an OpenVINO device name as given ("GPU").
+    A device that is not there makes the version UNAVAILABLE with the reason."""
     description: str = ""
     file: str | None = None
     """Model file inside each version folder; each engine has its default (model.onnx, ...)."""
@@ -107,6 +117,16 @@ class ModelConfig(Strict):
     batching: Batching | None = None
     version_policy: VersionPolicy = VersionPolicy()
     parameters: dict[str, ParameterValue] = {}
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not DEVICE.match(value):
+            raise ValueError(
+                f"device {value!r}: use cpu, cuda, cuda:N, auto, or an OpenVINO device name "
+                "such as GPU or GPU.1"
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

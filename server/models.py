@@ -20,10 +20,11 @@ from . import signature
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
+from .metrics import RequestStats
 from .model_config import ModelConfig
 from .protocol import InferInput, LayoutCache
-from .repository import ModelSource
-from .scheduler import Completions, InstancePool
+from .repository import Fingerprint, ModelSource
+from .scheduler import Completions, InstancePool, InstanceStats
 
 log = logging.getLogger("cinfer")
 
@@ -50,6 +51,15 @@ class ModelVersion:
     reason: str = ""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    requests: RequestStats = field(default_factory=RequestStats)
+    """Request outcomes, counted on the event loop."""
+    instance_stats: list[InstanceStats] = field(default_factory=list)
+    """The pool's per-instance counters (kept after unload, for the statistics)."""
+    declared: ModelConfig | None = None
+    """model.toml as written when this version was loaded (before the schema was filled in
+    from the model file): a reload compares it with the file on disk."""
+    fingerprint: Fingerprint = ()
+    """The files this version was loaded from (see repository.fingerprint)."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -204,6 +214,7 @@ def load_version(
         instances=config.instances,
         threads=max(1, cpu_count() // config.instances),
         parameters=config.parameters,
+        device=config.device,
         declared_inputs=declared[0],
         declared_outputs=declared[1],
     )
@@ -215,7 +226,9 @@ def load_version(
         raise ModelLoadError(f"{config.engine} cannot load {path}: {exc}") from exc
     try:
         inputs, outputs = signature.resolve(config, engine.inputs, engine.outputs)
-        effective = config.model_copy(update={"inputs": inputs, "outputs": outputs})
+        effective = config.model_copy(
+            update={"inputs": inputs, "outputs": outputs, "device": engine.device}
+        )
         _warm_up(engine, effective, config.instances)
     except BaseException:
         engine.close()
@@ -224,6 +237,7 @@ def load_version(
     pool = InstancePool(loaded.label, engine, effective, completions, loop)
     pool.start(config.instances)
     loaded.pool = pool
+    loaded.instance_stats = pool.stats
     loaded.state = ModelState.READY
     loaded.load_seconds = time.perf_counter() - started
     return loaded

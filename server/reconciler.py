@@ -1,24 +1,89 @@
 """From what is on disk to what is loaded, one model at a time.
 
-`load(name)` re-reads one model folder, builds the versions its policy selects beside the
-ones serving, and swaps only when they are READY; versions no longer selected stop taking new
-requests, drain and unload. A load that fails never replaces a READY version: the failed one
-shows as UNAVAILABLE with its reason while the old one keeps serving.
+`reconcile(name)` compares one model folder (model.toml and the versions its version_policy
+selects) with what is loaded, and applies the difference:
+
+- a version that is not loaded, failed before, or whose files changed is loaded and warmed up
+  beside the serving one, and routed to only once READY; the one it replaces drains, unloads;
+- a version whose model.toml changed only in `instances`, `[batching]` or `description` is
+  resized / reconfigured in place: same pool, same engine, the model file is not read again;
+- versions the policy no longer selects, and models whose folder is gone, stop taking new
+  requests, finish the ones they have, and unload.
+
+A load that fails never replaces what serves: the failed version is UNAVAILABLE with its reason
+while the old one keeps serving, and the next change to the folder tries again. Changes to one
+model are serialised by a per-model lock; different models change concurrently. Disk reads,
+engine loads and pool shutdowns run in threads, so the event loop keeps serving requests.
+
+Swaps lose no request because the infer path picks a version (`Model.get`) and submits to
+its pool without an `await` in between: a request is either queued on the old pool before
+`model.versions` is replaced (and the old version drains it before closing) or routed to the
+new one. Keep it that way.
+
+Every state change is logged on one line: model, version, old -> new state, duration, reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ModelLoadError, NotFound
+from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
-from .repository import ModelSource, list_models, read_model
-from .scheduler import Completions
+from .repository import (
+    Fingerprint,
+    ModelSource,
+    fingerprint,
+    is_model_name,
+    list_models,
+    read_model,
+)
+from .scheduler import Completions, InstancePool
 
 log = logging.getLogger("cinfer")
+
+#: model.toml keys a loaded version takes on without reloading its model file.
+IN_PLACE = {"instances", "batching", "description"}
+
+
+@dataclass
+class Outcome:
+    """What one reconcile of a model did (the load API reports it)."""
+
+    failures: list[str] = field(default_factory=list)
+    """Why a version, or model.toml, could not be loaded."""
+    serving: list[int] = field(default_factory=list)
+    """The READY versions after the reconcile."""
+
+
+def log_state(
+    name: str,
+    version: int | None,
+    old: ModelState,
+    new: ModelState,
+    seconds: float | None = None,
+    reason: str = "",
+) -> None:
+    """The one log line per state change."""
+    where = f"model {name}" if version is None else f"model {name} version {version}"
+    took = "" if seconds is None else f" in {seconds:.2f}s"
+    why = f": {reason}" if reason else ""
+    failed = new is ModelState.UNAVAILABLE and old is ModelState.LOADING
+    log.log(
+        logging.ERROR if failed else logging.INFO,
+        "%s: %s -> %s%s%s",
+        where,
+        old.value,
+        new.value,
+        took,
+        why,
+    )
 
 
 class Reconciler:
@@ -31,6 +96,9 @@ class Reconciler:
         self._completions: Completions | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._unloaded: dict[str, float] = {}
+        """Models unloaded through the API -> loop time of the unload (they stay unloaded
+        until their folder changes after that, or load is called)."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the event loop that requests and results run on."""
@@ -48,44 +116,82 @@ class Reconciler:
         except KeyError:
             raise NotFound(f"unknown model '{name}'") from None
 
-    async def load_all(self) -> None:
-        """Load every model folder in the repository, concurrently."""
-        names = await asyncio.to_thread(list_models, self.root)
-        await asyncio.gather(*(self.load(name) for name in names))
+    # -- what changes the loaded state -----------------------------------------------------
 
-    async def load(self, name: str) -> Model:
-        """(Re)load one model from its folder; swap in what became READY."""
+    async def load_all(self) -> None:
+        """Load every model folder in the repository, concurrently (start-up)."""
+        names = await asyncio.to_thread(list_models, self.root)
+        await asyncio.gather(*(self.reconcile(name) for name in names))
+
+    async def reconcile(self, name: str) -> Outcome:
+        """Make what is loaded for `name` match its folder (see the module docstring)."""
         async with self._lock(name):
-            return await self._load(name)
+            return await self._reconcile(name)
+
+    async def load(self, name: str) -> Outcome:
+        """The load API: re-read the folder and apply it; ends an explicit unload."""
+        async with self._lock(name):
+            self._unloaded.pop(name, None)
+            return await self._reconcile(name)
+
+    async def changed(self, name: str, at: float) -> None:
+        """The watcher: the folder of `name` changed (last event at loop time `at`) and has
+        been quiet since. Never raises: one failure must not stop the watcher."""
+        async with self._lock(name):
+            held = self._unloaded.get(name)
+            if held is not None:
+                if at < held:
+                    return  # the change came before the explicit unload: it holds
+                del self._unloaded[name]
+            try:
+                await self._reconcile(name)
+            except Exception:
+                log.exception("model %s: reconciling the folder failed unexpectedly", name)
 
     async def unload(self, name: str) -> None:
-        """Stop routing to a model, let its requests finish, then free its engines."""
+        """The unload API: stop routing to a model, let its requests finish, free its engines.
+
+        It stays unloaded until load is called or, in watch mode, its folder changes again."""
         async with self._lock(name):
-            model = self.models.pop(name, None)
-            if model is None:
+            on_disk = is_model_name(name) and await asyncio.to_thread((self.root / name).is_dir)
+            if name not in self.models and not on_disk:
                 raise NotFound(f"unknown model '{name}'")
-            for version in model.versions.values():
-                self._retire(version)
-            for version in model.loading.values():
-                version.state = ModelState.UNAVAILABLE
+            self._unloaded[name] = self.loop.time()
+            if name in self.models:
+                self._remove(name, "unloaded through the API")
 
     async def close(self) -> None:
         """Unload everything and wait for it (shutdown)."""
         for name in list(self.models):
-            await self.unload(name)
-        if self._retiring:
+            async with self._lock(name):
+                if name in self.models:
+                    self._remove(name, "server shutting down")
+        while self._retiring:
             await asyncio.gather(*self._retiring)
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """Every model and version with its state and reason (the repository extension)."""
+    # -- what the API reports --------------------------------------------------------------
+
+    async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model on disk or loaded, each version with its state and reason."""
+        try:
+            on_disk = await asyncio.to_thread(list_models, self.root)
+        except ConfigError as exc:
+            log.error("repository index: %s", exc)
+            on_disk = []
         entries: list[dict[str, str]] = []
-        for name in sorted(self.models):
-            model = self.models[name]
-            versions = {**model.versions, **model.loading}
-            if not versions:
+        for name in sorted({*on_disk, *self.models}):
+            model = self.models.get(name)
+            if model is None:
+                reason = "unloaded" if name in self._unloaded else "not loaded"
                 entries.append(
-                    {"name": name, "state": ModelState.UNAVAILABLE.value, "reason": model.reason}
+                    {"name": name, "state": ModelState.UNAVAILABLE.value, "reason": reason}
                 )
+                continue
+            # A version reloading beside the serving one shows as the serving one.
+            versions = {**model.loading, **model.versions}
+            if not versions:
+                state = ModelState.UNAVAILABLE if model.reason else ModelState.LOADING
+                entries.append({"name": name, "state": state.value, "reason": model.reason})
             for number in sorted(versions):
                 version = versions[number]
                 entries.append(
@@ -93,14 +199,14 @@ class Reconciler:
                         "name": name,
                         "version": str(number),
                         "state": version.state.value,
-                        "reason": version.reason or (model.reason if not version.ready else ""),
+                        "reason": version.reason or model.reason,
                     }
                 )
         if ready_only:
             entries = [e for e in entries if e["state"] == ModelState.READY.value]
         return entries
 
-    # -- internals ------------------------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------
 
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
@@ -108,45 +214,140 @@ class Reconciler:
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    async def _load(self, name: str) -> Model:
+    async def _reconcile(self, name: str) -> Outcome:
         model = self.models.get(name)
+        folder = self.root / name
+        if not await asyncio.to_thread(folder.is_dir):
+            if model is not None:
+                self._remove(name, f"folder {folder} was removed")
+            return Outcome()
         if model is None:
             model = self.models[name] = Model(name)
+        started = time.perf_counter()
         try:
-            source = await asyncio.to_thread(read_model, self.root, name)
-        except ConfigError as exc:
-            model.reason = str(exc)
-            log.error("model %s: UNAVAILABLE: %s", name, exc)
-            return model
+            source, prints = await asyncio.to_thread(_read, self.root, name)
+        except (ConfigError, OSError) as exc:
+            return self._unreadable(model, str(exc), time.perf_counter() - started)
         model.reason = ""
         model.description = source.config.description
-        loaded = await asyncio.gather(
-            *(self._load_version(model, source, number) for number in source.versions)
-        )
-        fresh = {v.version: v for v in loaded}
-        serving = {n: v for n, v in model.versions.items() if v.ready}
-        keep: dict[int, ModelVersion] = {}
-        if not any(v.ready for v in fresh.values()):
-            # Nothing new is READY: what serves now keeps serving (a failed load never
-            # takes down a working version).
-            keep = {n: v for n, v in serving.items() if n not in fresh or not fresh[n].ready}
-        versions = {**keep, **fresh}
-        for number, version in fresh.items():
-            old = keep.get(number)
-            if old is not None and not version.ready:
-                # Same version number failed to reload: the old one serves, the reason shows.
-                old.reason = f"reload failed, still serving the previous load: {version.reason}"
-                versions[number] = old
-        retired = [v for v in model.versions.values() if versions.get(v.version) is not v]
-        model.versions = versions
-        for version in retired:
-            self._retire(version)
-        return model
 
-    async def _load_version(self, model: Model, source: ModelSource, number: int) -> ModelVersion:
+        kept: dict[int, ModelVersion] = {}
+        to_load: list[int] = []
+        for number in source.versions:
+            current = model.versions.get(number)
+            if (
+                current is None
+                or not current.ready
+                or current.declared is None
+                or current.fingerprint != prints[number]
+            ):
+                to_load.append(number)
+            elif current.declared == source.config:
+                current.reason = ""
+                kept[number] = current
+            elif _only_in_place(current.declared, source.config) and await self._reconfigure(
+                current, source.config
+            ):
+                kept[number] = current
+            else:
+                to_load.append(number)
+
+        loaded = await asyncio.gather(
+            *(self._load_version(model, source, n, prints[n]) for n in to_load)
+        )
+        outcome = Outcome()
+        routed = dict(kept)
+        for version in loaded:
+            number = version.version
+            current = model.versions.get(number)
+            if not version.ready:
+                outcome.failures.append(f"version {number}: {version.reason}")
+            if version.ready or current is None or not current.ready:
+                routed[number] = version
+            else:
+                # The same version failed to reload: the previous load keeps serving.
+                current.reason = f"reload failed, still serving the previous load: {version.reason}"
+                routed[number] = current
+        if not any(v.ready for v in routed.values()):
+            # Nothing the policy selects is READY (say, a broken new version): what serves
+            # now keeps serving (a failed load never takes down a working version).
+            for number, version in model.versions.items():
+                if number not in routed and version.ready:
+                    version.reason = "still serving: the versions version_policy selects failed"
+                    routed[number] = version
+        retired = [v for v in model.versions.values() if routed.get(v.version) is not v]
+        model.versions = routed
+        for version in retired:
+            why = "replaced by a new load" if version.version in routed else "no longer selected"
+            self._retire(version, why)
+        outcome.serving = sorted(n for n, v in routed.items() if v.ready)
+        return outcome
+
+    def _unreadable(self, model: Model, reason: str, seconds: float) -> Outcome:
+        """model.toml (or the folder) cannot be used: keep serving what serves."""
+        model.reason = reason
+        serving = sorted(n for n, v in model.versions.items() if v.ready)
+        if serving:
+            for number in serving:
+                model.versions[
+                    number
+                ].reason = f"reload failed, still serving the previous load: {reason}"
+            log.error(
+                "model %s: reload failed after %.2fs, still serving version%s %s: %s",
+                model.name,
+                seconds,
+                "" if len(serving) == 1 else "s",
+                ", ".join(map(str, serving)),
+                reason,
+            )
+        else:
+            log_state(model.name, None, ModelState.LOADING, ModelState.UNAVAILABLE, seconds, reason)
+        return Outcome([reason], serving)
+
+    async def _reconfigure(self, version: ModelVersion, declared: ModelConfig) -> bool:
+        """Apply an instances / batching / description change to a READY version in place."""
+        pool = version.pool
+        assert pool is not None and version.declared is not None
+        started = time.perf_counter()
+        before = version.declared.instances
+        effective = version.config.model_copy(
+            update={key: getattr(declared, key) for key in IN_PLACE}
+        )
+        try:
+            await asyncio.to_thread(pool.resize, declared.instances)
+        except Exception as exc:
+            log.error(
+                "model %s version %d: resizing %d -> %d instances in place failed, "
+                "reloading it instead: %s",
+                version.name,
+                version.version,
+                before,
+                declared.instances,
+                exc,
+            )
+            return False
+        pool.configure(effective)
+        version.config = effective
+        version.declared = declared
+        version.reason = ""
+        log_state(
+            version.name,
+            version.version,
+            ModelState.READY,
+            ModelState.READY,
+            time.perf_counter() - started,
+            f"reconfigured in place, model file not reloaded ({before} -> {declared.instances} "
+            f"instance{'' if declared.instances == 1 else 's'}, "
+            f"batching {'on' if declared.batching else 'off'})",
+        )
+        return True
+
+    async def _load_version(
+        self, model: Model, source: ModelSource, number: int, prints: Fingerprint
+    ) -> ModelVersion:
         placeholder = ModelVersion(model.name, number, source.versions[number], source.config)
         model.loading[number] = placeholder
-        log.info("model %s version %d: -> LOADING", model.name, number)
+        log_state(model.name, number, ModelState.UNKNOWN, ModelState.LOADING)
         started = time.perf_counter()
         try:
             assert self._completions is not None
@@ -156,56 +357,103 @@ class Reconciler:
         except ModelLoadError as exc:
             placeholder.state = ModelState.UNAVAILABLE
             placeholder.reason = str(exc)
-            log.error(
-                "model %s version %d: LOADING -> UNAVAILABLE after %.2fs: %s",
-                model.name,
-                number,
-                time.perf_counter() - started,
-                exc,
-            )
             version = placeholder
         except Exception as exc:
             log.exception("model %s version %d: unexpected load failure", model.name, number)
             placeholder.state = ModelState.UNAVAILABLE
             placeholder.reason = f"internal error while loading: {exc}"
             version = placeholder
-        else:
-            log.info(
-                "model %s version %d: LOADING -> READY in %.2fs (%s, %d instance%s)",
-                model.name,
-                number,
-                version.load_seconds,
-                source.config.engine,
-                source.config.instances,
-                "" if source.config.instances == 1 else "s",
-            )
         finally:
             model.loading.pop(number, None)
+        version.declared = source.config
+        version.fingerprint = prints
+        config = source.config
+        detail = (
+            f"{config.engine} on {version.config.device}, "
+            f"{config.instances} instance{'' if config.instances == 1 else 's'}"
+            if version.ready
+            else version.reason
+        )
+        log_state(
+            model.name,
+            number,
+            ModelState.LOADING,
+            version.state,
+            time.perf_counter() - started,
+            detail,
+        )
         return version
 
-    def _retire(self, version: ModelVersion) -> None:
+    def _remove(self, name: str, reason: str) -> None:
+        """Stop routing to a model now; its versions drain and unload in the background."""
+        model = self.models.pop(name)
+        for version in model.versions.values():
+            self._retire(version, reason)
+        for version in model.loading.values():
+            version.state = ModelState.UNAVAILABLE
+
+    def _retire(self, version: ModelVersion, reason: str) -> None:
         if version.pool is None:
             version.state = ModelState.UNAVAILABLE
             return
-        task = self.loop.create_task(self._unload_version(version))
+        task = self.loop.create_task(self._unload_version(version, reason))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _unload_version(self, version: ModelVersion) -> None:
+    async def _unload_version(self, version: ModelVersion, reason: str) -> None:
         old = version.state
         version.state = ModelState.UNLOADING
-        log.info("model %s version %d: %s -> UNLOADING", version.name, version.version, old.value)
+        log_state(version.name, version.version, old, ModelState.UNLOADING, None, reason)
         started = time.perf_counter()
         pool = version.pool
         assert pool is not None
         await pool.drain()
-        await asyncio.to_thread(pool.close)
+        try:
+            await asyncio.to_thread(_close, pool)
+        except Exception:
+            log.exception(
+                "model %s version %d: closing its engine failed", version.name, version.version
+            )
         version.pool = None
         version.state = ModelState.UNAVAILABLE
         version.reason = "unloaded"
-        log.info(
-            "model %s version %d: UNLOADING -> UNAVAILABLE (unloaded) in %.2fs",
+        log_state(
             version.name,
             version.version,
+            ModelState.UNLOADING,
+            ModelState.UNAVAILABLE,
             time.perf_counter() - started,
+            f"unloaded, engines closed ({reason})",
         )
+
+
+def _close(pool: InstancePool) -> None:
+    """Blocking: close a pool, then hand the memory its engine freed back to the OS."""
+    pool.close()
+    if _malloc_trim is not None:
+        # glibc keeps freed memory in its per-thread arenas; a model loaded and unloaded
+        # again and again would otherwise leave the RSS at its high-water mark. See
+        # "Live repository" in docs/performance.md for the measurements.
+        _malloc_trim(0)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def _read(root: Path, name: str) -> tuple[ModelSource, dict[int, Fingerprint]]:
+    """Blocking: model.toml, the selected versions and their files' fingerprints."""
+    source = read_model(root, name)
+    return source, {number: fingerprint(source, number) for number in source.versions}
+
+
+def _only_in_place(old: ModelConfig, new: ModelConfig) -> bool:
+    """True when `new` differs from `old` only in keys a loaded version can take in place."""
+    return old.model_copy(update={key: getattr(new, key) for key in IN_PLACE}) == new

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ log = logging.getLogger("cinfer")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 MANIFEST = "model.toml"
 
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+"""(relative path, size, mtime_ns, inode) of every file a version is loaded from."""
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -37,6 +41,11 @@ class ModelSource:
     config: ModelConfig
     versions: dict[int, Path]
     """Selected version -> version folder, by the model's version_policy."""
+
+
+def is_model_name(name: str) -> bool:
+    """A name the repository serves: [A-Za-z0-9_.-]+, not hidden (so not "." or "..")."""
+    return bool(MODEL_NAME.match(name)) and not name.startswith(".")
 
 
 def list_models(root: Path) -> list[str]:
@@ -90,3 +99,23 @@ def version_folders(folder: Path) -> dict[int, Path]:
         else:
             log.warning("ignoring folder %s: version folders are numeric", entry)
     return found
+
+
+def fingerprint(source: ModelSource, version: int) -> Fingerprint:
+    """What a loaded version depends on besides model.toml: the files of its version folder
+    and the model folder's other files (labels and the like). Equal fingerprints mean no file
+    was written, replaced or removed since; hidden entries do not count."""
+    entries: list[tuple[str, int, int, int]] = []
+    folders = [(source.versions[version], False), (source.folder, True)]
+    for top, shallow in folders:
+        for path in sorted(top.iterdir()) if shallow else sorted(top.rglob("*")):
+            relative = path.relative_to(source.folder)
+            if any(part.startswith(".") for part in relative.parts) or path.name == MANIFEST:
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # removed while we looked: its event reloads again
+                continue
+            if stat.S_ISREG(info.st_mode):
+                entries.append((str(relative), info.st_size, info.st_mtime_ns, info.st_ino))
+    return tuple(entries)

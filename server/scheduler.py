@@ -33,6 +33,7 @@ import numpy as np
 
 from .engines import Engine
 from .errors import CinferError, EngineError, Unavailable
+from .histogram import BATCH_SIZES, LATENCY_NS, Histogram
 from .model_config import ModelConfig
 
 log = logging.getLogger("cinfer")
@@ -118,18 +119,29 @@ class BatchStats:
 
 @dataclass
 class InstanceStats:
-    """What one instance did; each is written by one thread only, so counting takes no lock."""
+    """What one instance did; each is written by one thread only, so counting takes no lock.
+
+    As in Triton's statistics, the request-level times are summed per request: a batch of
+    four requests that computed for 1 ms adds 4 ms to compute_infer_ns and 1 ms to its
+    batch size's entry in `batches`.
+    """
 
     executions: int = 0
+    """Engine runs (batches)."""
     inferences: int = 0
+    """Rows inferred (a request of 3 rows counts 3)."""
     success: int = 0
+    """Requests answered."""
     failures: int = 0
+    """Requests the engine failed."""
     queue_ns: int = 0
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    queue_histogram: Histogram = field(default_factory=lambda: Histogram(LATENCY_NS))
+    batch_histogram: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZES))
 
 
 class InstancePool:
@@ -197,12 +209,20 @@ class InstancePool:
         """Blocking (run it off the loop): change the instance count without reloading.
 
         The workers finish what they run, the engine grows or shrinks, new workers take over
-        the queue; queued requests wait for the switch and none fails.
+        the queue; queued requests wait for the switch and none fails. When the engine cannot
+        grow, the old instance count keeps serving and the error is raised.
         """
-        if instances == len(self._workers):
+        running = len(self._workers)
+        if instances == running:
             return
         self._stop_workers()
-        self.engine.resize(instances)
+        try:
+            self.engine.resize(instances)
+        except BaseException:
+            # A failed grow leaves the engine with at least the instances it had: keep
+            # serving with those rather than leave the queue without workers.
+            self.start(running)
+            raise
         self.start(instances)
 
     async def drain(self) -> None:
@@ -337,7 +357,9 @@ class InstancePool:
             if len(batch) == 1:
                 job = batch[0]
                 rows = job.rows
-                stats.queue_ns += start - job.enqueued
+                waited = start - job.enqueued
+                stats.queue_ns += waited
+                stats.queue_histogram.observe(waited)
                 ready = start
                 outputs = self.engine.run(instance, job.inputs, job.outputs)
                 ran = done = time.perf_counter_ns()
@@ -345,7 +367,9 @@ class InstancePool:
             else:
                 rows = 0
                 for job in batch:
-                    stats.queue_ns += start - job.enqueued
+                    waited = start - job.enqueued
+                    stats.queue_ns += waited
+                    stats.queue_histogram.observe(waited)
                     rows += job.rows
                 first = batch[0].inputs
                 inputs = {n: np.concatenate([j.inputs[n] for j in batch]) for n in first}
@@ -364,13 +388,15 @@ class InstancePool:
             return
         # Count before answering: a client that reads the statistics after its response
         # must find its request in them.
+        requests = len(batch)
         stats.executions += 1
         stats.inferences += rows
-        stats.success += len(batch)
-        stats.compute_input_ns += ready - start
-        stats.compute_infer_ns += ran - ready
-        stats.compute_output_ns += done - ran
+        stats.success += requests
+        stats.compute_input_ns += (ready - start) * requests
+        stats.compute_infer_ns += (ran - ready) * requests
+        stats.compute_output_ns += (done - ran) * requests
         stats.last_inference_ms = time.time_ns() // 1_000_000
+        stats.batch_histogram.observe(rows)
         per_size = stats.batches.get(rows)
         if per_size is None:
             per_size = stats.batches[rows] = BatchStats()

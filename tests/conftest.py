@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -10,7 +12,22 @@ import pytest
 from server.app import create_app
 from server.dataplane import DataPlane
 from server.reconciler import Reconciler
-from server.settings import Settings
+from server.settings import RepositorySettings, Settings
+
+
+def missing_gpu() -> str | None:
+    """Why there is no NVIDIA GPU to test on, or None when the driver lists one."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return None
+    return "no NVIDIA GPU on this machine (the driver lists none in /proc/driver/nvidia/gpus)"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        reason = missing_gpu()
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture
@@ -32,10 +49,24 @@ async def running_app(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, DataPlane]]:
     """The app in-process over `root`, start-up load finished, with an httpx client."""
     settings = settings or Settings()
-    dataplane = DataPlane(Reconciler(root))
+    dataplane = DataPlane(Reconciler(root), settings.repository.mode, settings.repository.settle_ms)
     app = create_app(settings, dataplane)
     async with app.router.lifespan_context(app):
         await dataplane.wait_ready()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client, dataplane
+
+
+def repository_settings(mode: str = "watch", settle_ms: int = 100) -> Settings:
+    """Settings for an in-process app over a temp repository (a short settle by default)."""
+    return Settings(repository=RepositorySettings(mode=mode, settle_ms=settle_ms))  # type: ignore[arg-type]
+
+
+async def eventually(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` on the loop until it is truthy; fail after `timeout` (CI is slow)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -76,3 +79,38 @@ def live_server(
 
 def server_log(repository: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(repository.parent.glob("server-*.log")))
+
+
+def wait_until(
+    condition: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.02
+) -> T:
+    """Poll `condition` until it returns something truthy (returned); fail after `timeout`.
+
+    Deadlines are generous: CI runs on two loaded cores."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def unread_bytes(port: int, client_ports: set[int]) -> int | None:
+    """Bytes the server has not read yet from the connections of `client_ports` (None until
+    it holds them all), from /proc/net/tcp: 0 means the server has read every request."""
+    pending, seen = 0, set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote, state = fields[1], fields[2], fields[3]
+                queues = fields[4]
+                if int(local.rsplit(":", 1)[1], 16) != port or state != "01":
+                    continue
+                peer = int(remote.rsplit(":", 1)[1], 16)
+                if peer in client_ports:
+                    seen.add(peer)
+                    pending += int(queues.split(":")[1], 16)
+    return pending if seen == client_ports else None

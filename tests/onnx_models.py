@@ -87,6 +87,26 @@ def dense(path: Path, width: int = 16, layers: int = 1, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
+def slow(path: Path, width: int = 256, layers: int = 64) -> Path:
+    """A compute-heavy model with a small file: `layers` x (MatMul by one shared width x width
+    weight + Relu), INPUT0 -> OUTPUT0 FP32 [batch, width]. Time per row grows with layers."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, prev = [], "INPUT0"
+    for i in range(layers):
+        out = "OUTPUT0" if i == layers - 1 else f"h{i}"
+        nodes += [
+            helper.make_node("MatMul", [prev, "W"], [f"m{i}"]),
+            helper.make_node("Relu", [f"m{i}"], [out]),
+        ]
+        prev = out
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width])  # noqa: E731
+    graph = helper.make_graph(
+        nodes, "slow", [io("INPUT0")], [io("OUTPUT0")], [numpy_helper.from_array(w, "W")]
+    )
+    return _save(graph, path)
+
+
 def model_folder(root: Path, name: str, toml: str, files: dict[int, Path] | None = None) -> Path:
     """Write root/name/model.toml and copy each version's model file into root/name/<v>/."""
     folder = root / name
@@ -96,6 +116,12 @@ def model_folder(root: Path, name: str, toml: str, files: dict[int, Path] | None
         (folder / str(version)).mkdir(exist_ok=True)
         shutil.copy(source, folder / str(version) / source.name)
     return folder
+
+
+def dense_folder(root: Path, name: str, toml: str, seed: int = 0) -> Path:
+    """root/name with `toml` and version 1 = dense(seed=seed) (INPUT0 -> OUTPUT0, [batch, 16])."""
+    built = dense(root.parent / "built" / f"{name}-{seed}" / "model.onnx", seed=seed)
+    return model_folder(root, name, toml, {1: built})
 
 
 def copy_samples(root: Path) -> None:

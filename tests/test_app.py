@@ -75,6 +75,7 @@ async def test_health_and_server_metadata(repository: Path) -> None:
             "binary_tensor_data",
             "model_configuration",
             "model_repository",
+            "statistics",
         ]
 
 

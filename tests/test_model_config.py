@@ -69,7 +69,15 @@ def test_defaults() -> None:
         None,
         None,
     )
+    assert config.device == "cpu"
     assert config.version_policy.select([1, 2, 3]) == [3]
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", "auto", "cuda", "cuda:0", "cuda:12", "CPU", "GPU", "GPU.1", "AUTO:GPU,CPU"]
+)
+def test_device_names(device: str) -> None:
+    assert parse(f'engine = "onnxruntime"\ndevice = "{device}"\n').device == device
 
 
 def test_batching_defaults() -> None:
@@ -144,6 +152,12 @@ def test_batching_defaults() -> None:
         ),
         ('engine = "onnxruntime"\nfile = "../etc/passwd"\n', r"file must be a file name"),
         ('engine = "onnxruntime"\n[parameters]\nthreads = [1, 2]\n', r"parameters.threads"),
+        (
+            'engine = "torch"\ndevice = "gpu"\n',
+            r"line 2: device: Value error, device 'gpu': use cpu, cuda, cuda:N, auto, or an "
+            r"OpenVINO device name such as GPU or GPU.1",
+        ),
+        ('engine = "torch"\ndevice = "cuda:x"\n', r"device 'cuda:x': use cpu"),
     ],
 )
 def test_errors_name_the_key(text: str, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import ml_dtypes
 import numpy as np
 import onnxruntime as ort
@@ -213,3 +214,32 @@ def test_compressed_request_and_response(client: httpclient.InferenceServerClien
         response_compression_algorithm="deflate",
     )
     assert result.as_numpy("class").tolist() == [[2]]
+
+
+def test_tritonclient_parses_the_statistics(client: httpclient.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("digits")["model_stats"][0]
+    tensor = httpclient.InferInput("image", [2, 64], "FP32")
+    tensor.set_data_from_numpy(np.ones((2, 64), np.float32))
+    for _ in range(3):
+        client.infer("digits", [tensor])
+    after = client.get_inference_statistics("digits", "1")["model_stats"][0]
+    success = (
+        after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    )
+    assert success == 3
+    assert after["inference_count"] - before["inference_count"] == 6  # 3 requests of 2 rows
+    everything = client.get_inference_statistics()
+    assert {s["name"] for s in everything["model_stats"]} >= {"iris", "digits"}
+
+
+def test_metrics_on_a_separate_port(tmp_path: Path) -> None:
+    from tests.live import free_port
+
+    root = tmp_path / "models"
+    onnx_models.copy_samples(root)
+    port = free_port()
+    with live_server(root, env={"CINFER_METRICS__PORT": str(port)}) as (url, _):
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert scraped.status_code == 200
+        assert 'nv_inference_count{model="iris",version="1"}' in scraped.text

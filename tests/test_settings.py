@@ -122,3 +122,27 @@ def test_shipped_config_is_valid() -> None:
     settings = load(root / "config.toml", env={})
     assert settings.repository.path == root / "repository"
     assert settings.server.port == 8000
+
+
+def test_live_repository_settings(tmp_path: Path) -> None:
+    defaults = load(None, env={})
+    assert defaults.repository.mode == "watch"
+    assert defaults.repository.settle_ms == 500
+    assert defaults.server.shutdown_grace_s == 10
+    path = write(
+        tmp_path,
+        '[server]\nshutdown_grace_s = 2.5\n[repository]\nmode = "explicit"\nsettle_ms = 0\n',
+    )
+    settings = load(path, env={"CINFER_REPOSITORY__SETTLE_MS": "1500"})
+    assert settings.server.shutdown_grace_s == 2.5
+    assert settings.repository.mode == "explicit"
+    assert settings.repository.settle_ms == 1500
+
+
+def test_unknown_repository_mode_names_the_choices(tmp_path: Path) -> None:
+    path = write(tmp_path, '[repository]\nmode = "poll"\n')
+    with pytest.raises(ConfigError) as err:
+        load(path, env={})
+    message = str(err.value)
+    assert message.startswith(f"{path} line 2: [repository] mode:")
+    assert "'watch', 'startup' or 'explicit'" in message

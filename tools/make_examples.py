@@ -3,21 +3,28 @@
     python tools/make_examples.py repository      (or: make examples)
 
 digits: an 8x8 handwritten-digit classifier (64 pixel intensities 0..16 -> 10 classes), a
-        one-hidden-layer MLP; served with max_batch_size = 32 and dynamic batching.
+        one-hidden-layer MLP; served with max_batch_size = 32 and dynamic batching. The same
+        trained weights are published three times, one per engine:
+          digits           ONNX (onnxruntime)
+          digits_openvino  OpenVINO IR, converted from the ONNX file (openvino.convert_model)
+          digits_torch     TorchScript, the network written in torch with the same weights
 iris:   the iris flower classifier (4 measurements in cm -> setosa / versicolor / virginica),
         multinomial logistic regression; served with max_batch_size = 0 and shape [-1, 4].
 
-Both are exported as plain ONNX graphs (Gemm, Relu, Softmax, ArgMax) built from the trained
-weights, so the result is small, readable and identical from run to run.
+The ONNX files are plain graphs (Gemm, Relu, Softmax, ArgMax) built from the trained weights,
+so the result is small, readable and identical from run to run.
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+import openvino as ov
+import torch
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits, load_iris
 from sklearn.linear_model import LogisticRegression
@@ -27,7 +34,7 @@ from sklearn.neural_network import MLPClassifier
 OPSET = 17
 
 DIGITS_TOML = """\
-engine = "onnxruntime"
+engine = "{engine}"
 description = "Handwritten digit classifier (scikit-learn digits, 8x8 pixels, values 0..16)"
 max_batch_size = 32
 instances = 1
@@ -111,6 +118,41 @@ def digits_onnx(weights: list[np.ndarray]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def digits_openvino(onnx_file: Path, folder: Path) -> None:
+    """OpenVINO IR converted from the ONNX file, weights kept in float32 (save_model would
+    otherwise compress them to float16 and change the answers)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = ov.convert_model(onnx_file)
+    ov.save_model(model, folder / "model.xml", compress_to_fp16=False)
+
+
+class Digits(torch.nn.Module):
+    """The digits MLP in torch: forward(image) -> (probabilities, label), as the ONNX graph."""
+
+    def __init__(self, weights: list[np.ndarray]) -> None:
+        super().__init__()
+        w1, b1, w2, b2 = (torch.from_numpy(w) for w in weights)
+        self.hidden = torch.nn.Linear(64, 32)
+        self.output = torch.nn.Linear(32, 10)
+        with torch.no_grad():  # scikit-learn's coefs_ are (in, out); Linear keeps (out, in)
+            self.hidden.weight.copy_(w1.T)
+            self.hidden.bias.copy_(b1)
+            self.output.weight.copy_(w2.T)
+            self.output.bias.copy_(b2)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.output(torch.relu(self.hidden(image * (1 / 16))))
+        return torch.softmax(logits, dim=1), torch.argmax(logits, dim=1, keepdim=True)
+
+
+def digits_torch(weights: list[np.ndarray], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates TorchScript; it is still what most PyTorch models ship as.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(Digits(weights).eval()).save(str(path))
+
+
 def iris_onnx() -> tuple[onnx.ModelProto, float]:
     data = load_iris()
     x_train, x_test, y_train, y_test = train_test_split(
@@ -154,8 +196,12 @@ def main() -> None:
 
     weights, digits_accuracy = digits_weights()
     _save(digits_onnx(weights), out / "digits" / "1" / "model.onnx")
-    (out / "digits" / "model.toml").write_text(DIGITS_TOML)
-    print(f"digits: test accuracy {digits_accuracy:.3f}")
+    (out / "digits" / "model.toml").write_text(DIGITS_TOML.format(engine="onnxruntime"))
+    digits_openvino(out / "digits" / "1" / "model.onnx", out / "digits_openvino" / "1")
+    (out / "digits_openvino" / "model.toml").write_text(DIGITS_TOML.format(engine="openvino"))
+    digits_torch(weights, out / "digits_torch" / "1" / "model.pt")
+    (out / "digits_torch" / "model.toml").write_text(DIGITS_TOML.format(engine="torch"))
+    print(f"digits: test accuracy {digits_accuracy:.3f} (onnxruntime, openvino and torch)")
 
     iris, iris_accuracy = iris_onnx()
     _save(iris, out / "iris" / "1" / "model.onnx")

@@ -2,13 +2,18 @@
 
 An engine is anything with the `Engine` shape; there is no base class to inherit. Engine
 modules are imported only when a model asks for them, so a repository of ONNX models never
-imports torch or openvino.
+imports torch or openvino (tests/engines/test_lazy_imports.py holds that).
+
+Devices: model.toml's `device` reaches the engine as `LoadOptions.device`; the engine resolves
+it ("auto" -> what it found) and reports the result as `Engine.device`. A device the engine
+cannot use is a `ModelLoadError` naming the device and what is installed.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +21,20 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelLoadError
 from ..model_config import ParameterValue, TensorSpec
 
 #: Engine name -> "module:Class", imported on first use (uvicorn's config.py does the same).
 ENGINES: dict[str, str] = {
     "onnxruntime": "server.engines.onnxruntime:ONNXRuntimeEngine",
+    "openvino": "server.engines.openvino:OpenVINOEngine",
+    "torch": "server.engines.torch:TorchEngine",
 }
+
+#: The pip extra that installs each engine's runtime.
+EXTRAS = {"openvino": "openvino", "torch": "torch"}
+
+CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,8 @@ class LoadOptions:
     threads: int = 1
     """Intra-op threads per instance unless parameters say otherwise."""
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    device: str = "cpu"
+    """model.toml's device: cpu, cuda, cuda:N, auto, or an OpenVINO device name."""
     declared_inputs: Sequence[TensorSpec] | None = None
     declared_outputs: Sequence[TensorSpec] | None = None
     """The declared schema with full shapes (batch dim included), for engines whose files
@@ -48,6 +62,8 @@ class Engine(Protocol):
     inputs: list[TensorSpec]
     """Inputs as the model file declares them, full shapes (batch dim included), -1 = dynamic."""
     outputs: list[TensorSpec]
+    device: str
+    """Where the model runs, resolved ("cpu", "cuda:0", OpenVINO's "CPU" or "GPU.0")."""
 
     def run(
         self, instance: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
@@ -82,7 +98,9 @@ def engine_class(name: str) -> EngineClass:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"engine {name!r} is not installed: {exc}") from exc
+        extra = EXTRAS.get(name)
+        hint = f"; pip install 'cinfer[{extra}]'" if extra else ""
+        raise ConfigError(f"engine {name!r} is not installed ({exc}){hint}") from exc
     cls: EngineClass = getattr(module, attr)
     return cls
 
@@ -93,3 +111,16 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def nvidia_device(engine: str, device: str) -> tuple[str, int]:
+    """For engines that run on NVIDIA GPUs: ("cpu" | "cuda" | "auto", CUDA device index)."""
+    if device.lower() in ("cpu", "auto"):
+        return device.lower(), 0
+    found = CUDA.match(device)
+    if found:
+        return "cuda", int(found.group(1) or 0)
+    raise ModelLoadError(
+        f"device {device!r} is an OpenVINO device name; the {engine} engine runs on "
+        "cpu, cuda, cuda:N or auto"
+    )

@@ -6,6 +6,13 @@ Parameters (model.toml ``[parameters]``):
     allow_spinning     let idle intra-op threads spin (default false: on a small machine a
                        spinning pool steals the CPU the HTTP event loop needs)
     optimization       "disable" | "basic" | "extended" | "all" (default "all")
+    tensorrt           true: on a CUDA device, try TensorrtExecutionProvider before CUDA's
+
+Devices: "cuda" / "cuda:N" use CUDAExecutionProvider, which only the onnxruntime-gpu build
+has (``pip install 'cinfer[gpu]'``). ONNX Runtime falls back to CPU silently when the provider
+cannot start (no GPU, driver or CUDA libraries); here that is a load error for "cuda" and a
+logged fall-back for "auto". session.run copies the inputs to the GPU once per call (one
+call per batch) and the outputs back once.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from ..datatypes import BF16
 from ..errors import EngineError, InvalidRequest, ModelLoadError
 from ..model_config import TensorSpec
-from . import LoadOptions
+from . import LoadOptions, nvidia_device
 
 log = logging.getLogger("cinfer")
 
@@ -52,7 +59,16 @@ OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-KNOWN_PARAMETERS = {"intra_op_threads", "inter_op_threads", "allow_spinning", "optimization"}
+KNOWN_PARAMETERS = {
+    "intra_op_threads",
+    "inter_op_threads",
+    "allow_spinning",
+    "optimization",
+    "tensorrt",
+}
+CPU = ["CPUExecutionProvider"]
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 
 
 class ONNXRuntimeEngine:
@@ -63,10 +79,13 @@ class ONNXRuntimeEngine:
     def __init__(self, options: LoadOptions) -> None:
         self._options = options
         self._session_options = _session_options(options)
+        self._providers, self.device = _placement(options)
         self._lock = threading.Lock()
         self._sessions: list[ort.InferenceSession] = []
         self._sessions.append(self._new_session())
         first = self._sessions[0]
+        if self.device != "cpu":
+            first = self._check_gpu(first)
         self.inputs = [_spec(arg) for arg in first.get_inputs()]
         self.outputs = [_spec(arg) for arg in first.get_outputs()]
         self._bf16 = any(t.datatype == "BF16" for t in (*self.inputs, *self.outputs))
@@ -79,11 +98,28 @@ class ONNXRuntimeEngine:
         if not path.is_file():
             raise ModelLoadError(f"missing model file {path}")
         try:
-            return ort.InferenceSession(
-                str(path), self._session_options, providers=["CPUExecutionProvider"]
-            )
+            return ort.InferenceSession(str(path), self._session_options, providers=self._providers)
         except Exception as exc:  # onnxruntime raises its own untyped pybind errors
             raise ModelLoadError(f"onnxruntime cannot load {path}: {_short(exc)}") from exc
+
+    def _check_gpu(self, session: ort.InferenceSession) -> ort.InferenceSession:
+        """ONNX Runtime drops a provider that fails to start and runs on CPU without saying
+        so; a model that asked for a GPU must not end up there unnoticed."""
+        wanted = [p if isinstance(p, str) else p[0] for p in self._providers[:-1]]
+        started = session.get_providers()
+        missing = [p for p in wanted if p not in started]
+        if not missing:
+            return session
+        why = (
+            f"onnxruntime could not start {' and '.join(missing)} on {self.device} (no NVIDIA "
+            "GPU, driver or CUDA/TensorRT libraries; the server log has onnxruntime's message)"
+        )
+        if self._options.device != "auto":
+            raise ModelLoadError(f"device {self._options.device!r} is not available: {why}")
+        log.warning('%s: device = "auto": %s; running on CPU', self._options.path, why)
+        self._providers, self.device = CPU, "cpu"
+        self._sessions[0] = self._new_session()
+        return self._sessions[0]
 
     def resize(self, instances: int) -> None:
         with self._lock:
@@ -146,6 +182,39 @@ def _session_options(options: LoadOptions) -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
     return so
+
+
+def _placement(options: LoadOptions) -> tuple[list[Any], str]:
+    """(providers, resolved device) for model.toml's device and the tensorrt parameter."""
+    kind, index = nvidia_device("onnxruntime", options.device)
+    tensorrt = options.parameters.get("tensorrt", False)
+    if not isinstance(tensorrt, bool):
+        raise ModelLoadError(f"parameter tensorrt = {tensorrt!r}: use true or false")
+    if kind == "cpu":
+        if tensorrt:
+            raise ModelLoadError('parameter tensorrt = true needs device = "cuda" (or "cuda:N")')
+        return CPU, "cpu"
+    wanted = [TENSORRT_PROVIDER, CUDA_PROVIDER] if tensorrt else [CUDA_PROVIDER]
+    available = ort.get_available_providers()
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        why = (
+            f"onnxruntime {ort.__version__} has no {' or '.join(missing)} "
+            f"(it has {', '.join(available)})"
+        )
+        if kind == "auto" and CUDA_PROVIDER in available:
+            log.info('%s: device = "auto": %s; running on CUDA alone', options.path, why)
+            wanted = [CUDA_PROVIDER]
+        elif kind == "auto":
+            log.info('%s: device = "auto": %s; running on CPU', options.path, why)
+            return CPU, "cpu"
+        else:
+            raise ModelLoadError(
+                f"device {options.device!r} is not available: {why}; the GPU providers come "
+                "with the onnxruntime-gpu build (pip install 'cinfer[gpu]') and need an NVIDIA GPU"
+            )
+    providers: list[Any] = [(p, {"device_id": index}) for p in wanted]
+    return [*providers, *CPU], f"cuda:{index}"
 
 
 def _spec(arg: Any) -> TensorSpec:

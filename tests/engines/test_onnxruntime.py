@@ -1,10 +1,13 @@
-"""The ONNX Runtime engine on real model files."""
+"""The ONNX Runtime engine on real model files, and its device placement.
+
+What every engine must do is in the shared conformance suite (test_conformance.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from server.datatypes import BF16
@@ -88,3 +91,41 @@ def test_engine_table() -> None:
     assert engine_class("onnxruntime") is ONNXRuntimeEngine
     with pytest.raises(ConfigError, match=r"unknown engine 'tensorflow' \(known: onnxruntime"):
         engine_class("tensorflow")
+
+
+# -- device placement ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return onnx_models.add_sub(tmp_path / "add_sub.onnx")
+
+
+def test_cpu_is_the_default_and_reported(model: Path) -> None:
+    assert ONNXRuntimeEngine(LoadOptions(path=model)).device == "cpu"
+    assert ONNXRuntimeEngine(LoadOptions(path=model, device="CPU")).device == "cpu"
+
+
+def test_tensorrt_needs_a_cuda_device(model: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r'parameter tensorrt = true needs device = "cuda"'):
+        ONNXRuntimeEngine(LoadOptions(path=model, parameters={"tensorrt": True}))
+    with pytest.raises(ModelLoadError, match=r"parameter tensorrt = 'yes': use true or false"):
+        ONNXRuntimeEngine(LoadOptions(path=model, parameters={"tensorrt": "yes"}))
+
+
+def test_tensorrt_without_its_provider_names_what_is_missing(model: Path) -> None:
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has TensorRT")
+    with pytest.raises(
+        ModelLoadError,
+        match=r"device 'cuda:1' is not available: onnxruntime .* has no TensorrtExecutionProvider",
+    ):
+        ONNXRuntimeEngine(LoadOptions(path=model, device="cuda:1", parameters={"tensorrt": True}))
+
+
+def test_openvino_device_names_are_refused(model: Path) -> None:
+    with pytest.raises(
+        ModelLoadError,
+        match=r"device 'GPU.1' is an OpenVINO device name; the onnxruntime engine runs on cpu, cuda, cuda:N or auto",
+    ):
+        ONNXRuntimeEngine(LoadOptions(path=model, device="GPU.1"))
