@@ -3,7 +3,7 @@
 Why not httpx or aiohttp: the load generator shares the machine with the server it measures,
 so every microsecond of client CPU is taken from the server. Measured against this server's
 `tiny` model at concurrency 8 (docs/performance.md, "bench.py vs wrk"): this protocol on uvloop
-costs ~37 us of client CPU per request, aiohttp ~280 us, httpx ~2 ms. The request bytes are
+costs ~46 us of client CPU per request, aiohttp ~290 us, httpx ~3 ms. The request bytes are
 built once and written as they are; a response is parsed only as far as framing needs
 (status, Content-Length or chunked, Connection: close), and its body is kept for the error
 report only when the status is not 2xx.
