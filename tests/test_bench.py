@@ -26,7 +26,7 @@ from server.protocol import decode_request
 from tests import onnx_models
 from tests.live import ROOT, free_port, live_server
 from tools.benchkit import inputs
-from tools.benchkit.cli import main, parse_range
+from tools.benchkit.cli import check_response, main, parse_range
 from tools.benchkit.connection import HTTPConnection
 from tools.benchkit.load import Sample
 from tools.benchkit.measure import Level, Window, is_stable
@@ -347,6 +347,16 @@ def test_requests_decode_with_the_servers_decoder(binary: bool) -> None:
             assert np.array_equal(decoded[d], arrays[d]), d
     if binary:
         assert request.outputs is not None and request.outputs[0].binary
+
+
+def test_a_2xx_answer_must_be_a_v2_inference_response() -> None:
+    check_response(b'{"model_name": "m", "outputs": [{"name": "y", "data": [1]}]}')
+    check_response(
+        b'{"outputs": [{"name": "y", "parameters": {"binary_data_size": 4}}]}\x00\xff\x01\x02'
+    )
+    for body in (b"<html>ok</html>", b'{"result": 1}', b""):
+        with pytest.raises(BenchError, match="not with a v2 inference response"):
+            check_response(body)
 
 
 def test_data_file_entries_are_whole_tensors_or_one_row(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ command line; 130 when interrupted (what was measured is still reported).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -211,6 +212,21 @@ def prepare(
     return model, requests, stats, described
 
 
+def check_response(body: bytes) -> None:
+    """BenchError unless `body` starts with a v2 inference response (JSON, or its header)."""
+    try:
+        # A binary response is the JSON header followed by raw bytes: decode the first value.
+        answer, _ = json.JSONDecoder().raw_decode(body.decode("latin-1"))
+        if isinstance(answer, dict) and isinstance(answer.get("outputs"), list):
+            return
+    except ValueError:
+        pass
+    raise BenchError(
+        f"the server answered the infer request with 2xx, but not with a v2 inference response "
+        f"(no 'outputs'): {body[:120]!r}"
+    )
+
+
 def run(
     args: argparse.Namespace,
     mode: str,
@@ -232,6 +248,7 @@ def run(
             raise BenchError(
                 f"the server refused the infer request with HTTP {status}: {error_message(body)}"
             )
+        check_response(body)
     version = f" version {model.version}" if model.version else ""
     print(
         f"bench.py: model '{model.name}'{version} at {endpoint.base}: {described}; "
@@ -247,14 +264,15 @@ def run(
     try:
         for value in levels:
             progress.start_level(value)
-            level, aborted = measure_level(
+            level, aborted, interrupted = measure_level(
                 pool, endpoint, model, mode, value, args, stats, tolerance, progress
             )
-            results.append(level)
-            progress.end_level(level)
-            if aborted:
+            if level is not None:
+                results.append(level)
+                progress.end_level(level)
+            if aborted or interrupted:
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # between levels
         interrupted = True
     finally:
         progress.close()
@@ -273,13 +291,16 @@ def measure_level(
     stats: bool,
     tolerance: float,
     progress: report.Progress,
-) -> tuple[Level, bool]:
-    """Windows at one level until stable or the cap; (result, whether to stop the run)."""
+) -> tuple[Level | None, bool, bool]:
+    """Windows at one level until stable or the cap: (result, every request failed, Ctrl-C).
+
+    Interrupted, the result holds the windows measured so far (None if there were none).
+    """
     interval = args.measurement_interval / 1000
     windows: list[Window] = []
     before: ServerStats | None = read_stats(endpoint, model) if stats else None
     pool.start(mode, value)
-    stable = aborted = False
+    stable = aborted = interrupted = False
     try:
         while len(windows) < args.max_trials:
             deadline = time.monotonic() + interval
@@ -300,9 +321,13 @@ def measure_level(
                 break
             if stable:
                 break
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         pool.stop()
-    return Level.of(value, windows, stable, args.percentile), aborted
+    if not windows:
+        return None, aborted, interrupted
+    return Level.of(value, windows, stable, args.percentile), aborted, interrupted
 
 
 def finish(

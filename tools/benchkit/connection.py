@@ -38,6 +38,8 @@ class HTTPConnection(asyncio.Protocol):
         self.transport: Any = None  # an asyncio or uvloop transport (no common class)
         self.closed = False
         self.busy = False
+        self.keep_body = False
+        """Pass 2xx bodies to on_response too (the load loops need only error bodies)."""
         self.sent_at = 0
         self.send_ns = 0
         self.first_byte_at = 0
@@ -51,6 +53,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.done_at = perf_counter_ns()  # the last sign of life, for the idle-age check
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -162,7 +165,8 @@ class HTTPConnection(asyncio.Protocol):
         status = self._status
         if not self._keep_alive:
             self.close()
-        self.on_response(self, status, body if not 200 <= status < 300 else b"")
+        keep = self.keep_body or not 200 <= status < 300
+        self.on_response(self, status, body if keep else b"")
 
     def _fail(self, reason: str) -> None:
         self.busy = False

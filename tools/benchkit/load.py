@@ -36,6 +36,8 @@ LATE_NS = 2_000_000
 MAX_CONNECTIONS = 256
 """Connections per worker in request-rate mode (requests beyond them wait: delayed)."""
 DRAIN_S = 30.0
+STALE_NS = 2_000_000_000
+"""Idle connections older than this are not reused (servers time idle ones out: uvicorn 5 s)."""
 
 
 @dataclass
@@ -200,13 +202,25 @@ class Worker:
             return
         self._next(conn)
 
-    async def _take(self) -> HTTPConnection | None:
+    def _pop_idle(self) -> HTTPConnection | None:
+        """The most recently used idle connection that is safe to reuse, or None.
+
+        Last in, first out, so the connections in use stay warm and the rest age out. One idle
+        longer than STALE_NS is closed instead: the server may be closing it at this very
+        moment (uvicorn's keep-alive timeout is 5 s), and a request written into that race
+        would fail through no fault of the server's.
+        """
+        now = perf_counter_ns()
         while self.idle:
-            conn = self.idle.popleft()
-            if not conn.closed:
+            conn = self.idle.pop()
+            if not conn.closed and now - conn.done_at < STALE_NS:
                 return conn
+            conn.close()
             self.connections.discard(conn)
-        return await self._connect()
+        return None
+
+    async def _take(self) -> HTTPConnection | None:
+        return self._pop_idle() or await self._connect()
 
     # -- the two load loops ---------------------------------------------------------------
 
@@ -230,10 +244,7 @@ class Worker:
             while start + due * interval <= now:
                 late = now - (start + due * interval) > LATE_NS
                 due += 1
-                conn = self.idle.popleft() if self.idle else None
-                while conn is not None and conn.closed:
-                    self.connections.discard(conn)
-                    conn = self.idle.popleft() if self.idle else None
+                conn = self._pop_idle()
                 if conn is not None:
                     self.delayed += late
                     self._send(conn)
@@ -297,13 +308,14 @@ class WorkerPool:
         for pipe, process in zip(self.pipes, self.processes):
             try:
                 reply = pipe.recv()
+                while reply[0] not in (what, "failed"):  # a reply left by an interrupted call
+                    reply = pipe.recv()
             except EOFError:
                 raise RuntimeError(
                     f"load worker {process.pid} exited with {process.exitcode}"
                 ) from None
             if reply[0] == "failed":
                 raise RuntimeError(f"load worker {process.pid} failed:\n{reply[1]}")
-            assert reply[0] == what, f"worker answered {reply[0]!r}, expected {what!r}"
             replies.append(reply[1] if len(reply) > 1 else None)
         return replies
 
@@ -353,6 +365,7 @@ async def _probe(address: tuple[str, int], request: bytes) -> tuple[tuple[str, i
     )
     try:
         peer = transport.get_extra_info("peername")
+        conn.keep_body = True
         conn.send(request)
         status, body = await asyncio.wait_for(answer, 30)
         return (str(peer[0]), int(peer[1])), status, body

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .measure import Level, Window
+from .measure import STABILITY_WINDOWS, Level, Window
 from .target import BenchError
 
 try:
@@ -156,7 +156,12 @@ def warnings(mode: str, levels: Sequence[Level], interval_ms: int) -> list[str]:
     cores = os.cpu_count() or 1
     for level in levels:
         name = level_name(mode, level.value)
-        if not level.stable:
+        if len(level.windows) < STABILITY_WINDOWS:
+            lines.append(
+                f"{name}: stopped after {len(level.windows)} window(s), too few to judge "
+                "stability; the figures are those windows'."
+            )
+        elif not level.stable:
             lines.append(
                 f"{name}: not stable within {len(level.windows)} windows (throughput or latency "
                 f"moved more than the tolerance between windows); the figures pool the last "
