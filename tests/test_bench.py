@@ -25,7 +25,7 @@ import pytest
 from server.protocol import decode_request
 from tests import onnx_models
 from tests.live import ROOT, free_port, live_server
-from tools.benchkit import inputs
+from tools.benchkit import inputs, report
 from tools.benchkit.cli import check_response, main, parse_range
 from tools.benchkit.connection import HTTPConnection
 from tools.benchkit.load import Sample
@@ -138,12 +138,17 @@ def test_shape_fills_dynamic_dims(server: str) -> None:
     assert "INPUT0 FP32 [3, 24]" in result.stderr
 
 
-def test_model_without_batching_takes_its_whole_shape(server: str) -> None:
-    # iris: max_batch_size 0 and shape [-1, 4]; JSON tensors as for MLServer.
+def test_model_without_batching_takes_its_whole_shape(server: str, tmp_path: Path) -> None:
+    # iris: max_batch_size 0 and shape [-1, 4]; JSON tensors as for MLServer; data from a
+    # perf_analyzer data file: one entry whole, one a row repeated to the 5 rows.
+    data = tmp_path / "flowers.json"
+    flowers = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]] * 2 + [[5.0, 3.4, 1.5, 0.2]]
+    data.write_text(json.dumps({"data": [{"features": flowers}, {"features": flowers[1]}]}))
     result = bench("-m", "iris", "-u", server, "--shape", "features:5,4", "--format", "json",
-                   *QUICK)  # fmt: skip
+                   "--input-data", str(data), *QUICK)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "features FP32 [5, 4]" in result.stderr and "json requests" in result.stderr
+    assert "features FP32 [5, 4] (2 data entries, in turn)" in result.stderr
+    assert "json requests" in result.stderr
     result = bench("-m", "iris", "-u", server, "--shape", "features:5,4", "-b", "2", *QUICK)
     assert result.returncode == 1
     assert "does not batch (max_batch_size 0)" in result.stderr
@@ -347,6 +352,18 @@ def test_requests_decode_with_the_servers_decoder(binary: bool) -> None:
             assert np.array_equal(decoded[d], arrays[d]), d
     if binary:
         assert request.outputs is not None and request.outputs[0].binary
+
+
+def test_warnings_name_a_saturated_client_and_a_missed_schedule() -> None:
+    busy = Level.of(8, [window(1000, 100)] * 3, True, None)
+    busy.cpu = [0.97]
+    late = Level.of(500, [window(450, 100)] * 3, True, None)
+    late.sent, late.delayed = 1000, 50
+    lines = report.warnings("rate", [busy, late], 1000)
+    assert lines[0].startswith("request rate 8/s: a load worker used 97% of a core")
+    assert lines[1].startswith("request rate 500/s: 5.0% of the requests went out late")
+    unstable = Level.of(2, [window(1000, 100), window(2000, 100), window(1000, 100)], False, None)
+    assert "not stable within 3 windows" in report.warnings("concurrency", [unstable], 1000)[0]
 
 
 def test_a_2xx_answer_must_be_a_v2_inference_response() -> None:
