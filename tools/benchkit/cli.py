@@ -201,15 +201,22 @@ def prepare(
             file=sys.stderr,
         )
     requests = inputs.build_requests(endpoint, model, entries, binary)
-    stats = "statistics" in extensions
-    if stats:
-        read_stats(endpoint, model)  # fails now, not in the middle, if it is broken
+    stats = "statistics" in extensions and try_stats(endpoint, model) is not None
     described = ", ".join(
         f"{t.name} {t.datatype} {list(entries[0][t.name].shape)}" for t in model.inputs
     )
     if len(entries) > 1:
         described += f" ({len(entries)} data entries, in turn)"
     return model, requests, stats, described
+
+
+def try_stats(endpoint: Endpoint, model: Model) -> ServerStats | None:
+    """The server's statistics now, or None with a warning: they are optional to a run."""
+    try:
+        return read_stats(endpoint, model)
+    except BenchError as exc:
+        print(f"bench.py: warning: no server-side times: {exc}", file=sys.stderr)
+        return None
 
 
 def check_response(body: bytes) -> None:
@@ -298,7 +305,7 @@ def measure_level(
     """
     interval = args.measurement_interval / 1000
     windows: list[Window] = []
-    before: ServerStats | None = read_stats(endpoint, model) if stats else None
+    before = try_stats(endpoint, model) if stats else None
     pool.start(mode, value)
     stable = aborted = interrupted = False
     try:
@@ -310,8 +317,9 @@ def measure_level(
             samples = pool.sample()
             server = None
             if before is not None:
-                after = read_stats(endpoint, model)
-                server, before = after - before, after
+                after = try_stats(endpoint, model)
+                server = None if after is None else after - before
+                before = after
             window = Window.merge(samples, args.batch_size, server)
             windows.append(window)
             stable = is_stable(windows, args.percentile, tolerance)
