@@ -118,10 +118,10 @@ def test_request_rate_mode_keeps_the_schedule(server: str, tmp_path: Path) -> No
 
 
 def test_workers_split_the_load_and_merge_their_results(server: str) -> None:
-    result = bench("-m", "digits", "-u", server, "--concurrency-range", "4", "--workers", "2",
-                   "--format", "json", *QUICK)  # fmt: skip
+    result = bench("-m", "digits", "-x", "1", "-u", server, "--concurrency-range", "4",
+                   "--workers", "2", "--format", "json", *QUICK)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "2 load worker(s)" in result.stderr
+    assert "model 'digits' version 1 at" in result.stderr and "2 load worker(s)" in result.stderr
     row = result.stdout.splitlines()[1].split()
     assert row[0] == "4" and float(row[1].replace(",", "")) > 0
 
@@ -229,6 +229,9 @@ def test_unknown_model_lists_the_known_ones(server: str) -> None:
     result = bench("-m", "nosuch", "-u", server)
     assert result.returncode == 1
     assert "model 'nosuch' not found" in result.stderr and "digits, iris" in result.stderr
+    result = bench("-m", "digits", "-x", "9", "-u", server)
+    assert result.returncode == 1
+    assert "model 'digits' version 9 not found" in result.stderr
 
 
 @pytest.mark.parametrize(
