@@ -20,10 +20,12 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import metrics, openapi, wire
+from . import admin, metrics, openapi, wire
 from .accesslog import AccessLog
+from .auth import AuthMiddleware
 from .dataplane import DataPlane
 from .errors import CinferError, InvalidRequest, PayloadTooLarge
+from .guard import Guard
 from .infer import InferEndpoint, Receive, Scope, Send, match
 from .settings import Settings
 
@@ -37,8 +39,13 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def create_app(settings: Settings, dataplane: DataPlane) -> App:
-    """The ASGI application; `dataplane` starts loading the repository when the app starts."""
+def create_app(settings: Settings, dataplane: DataPlane, guard: Guard | None = None) -> App:
+    """The ASGI application; `dataplane` starts loading the repository when the app starts.
+
+    With a `guard` (the caller builds one when ``[auth] enabled``), every request but the
+    health probes needs an API token, and /admin serves token management; without one the
+    server is open.
+    """
     limit = settings.server.max_request_bytes
 
     async def read_body(request: Request) -> bytes:
@@ -144,19 +151,34 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await dataplane.start()
-        if settings.metrics.enabled and settings.metrics.port:
-            # A separate port for scrapers (prometheus-client's own threaded server).
-            start_http_server(settings.metrics.port, addr=settings.server.host, registry=registry)
-            log.info("metrics on http://%s:%d/metrics", settings.server.host, settings.metrics.port)
+        if guard is not None:
+            await guard.start()
         try:
-            yield
+            await dataplane.start()
+            try:
+                if settings.metrics.enabled and settings.metrics.port:
+                    # A separate port for scrapers (prometheus-client's own threaded server).
+                    start_http_server(
+                        settings.metrics.port, addr=settings.server.host, registry=registry
+                    )
+                    log.info(
+                        "metrics on http://%s:%d/metrics",
+                        settings.server.host,
+                        settings.metrics.port,
+                    )
+                yield
+            finally:
+                await dataplane.stop()
         finally:
-            await dataplane.stop()
+            if guard is not None:
+                await guard.stop()
 
     from swagger_ui_bundle import swagger_ui_path
 
-    registry = metrics.registry(dataplane.reconciler)
+    auth = AuthMiddleware(None, guard) if guard is not None else None
+    registry = metrics.registry(
+        dataplane.reconciler, (lambda: auth.rejections) if auth is not None else None
+    )
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -183,6 +205,8 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
             # Reached only for what App does not take first (e.g. GET -> 405).
             Route(f"{prefix}/infer", infer, methods=["POST"]),
         ]
+    if guard is not None:
+        routes += admin.routes(guard)
     starlette = Starlette(
         routes=routes,
         exception_handlers={
@@ -192,23 +216,31 @@ def create_app(settings: Settings, dataplane: DataPlane) -> App:
         },
         lifespan=lifespan,
     )
-    return App(starlette, infer, settings.server.access_log)
+    return App(starlette, infer, auth, settings.server.access_log)
 
 
 class App:
     """The ASGI application: infer POSTs go straight to the hot path, the rest to Starlette."""
 
     def __init__(
-        self, starlette: Starlette, infer: InferEndpoint, access_log: str | bool = False
+        self,
+        starlette: Starlette,
+        infer: InferEndpoint,
+        auth: AuthMiddleware | None = None,
+        access_log: str | bool = False,
     ) -> None:
         self.starlette = starlette
         self.router = starlette.router
         self.infer = infer
-        self._entry = (
-            self._dispatch
-            if not access_log
-            else AccessLog(self._dispatch, "text" if access_log is True else access_log)
-        )
+        # Outermost first: the access log sees every request, refused ones included; the
+        # token check sees every request before routing.
+        entry: Any = self._dispatch
+        if auth is not None:
+            auth.app = entry
+            entry = auth
+        if access_log:
+            entry = AccessLog(entry, "text" if access_log is True else access_log)
+        self._entry = entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._entry(scope, receive, send)

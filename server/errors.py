@@ -9,11 +9,16 @@ so nothing foreign reaches the HTTP layer.
     ├── ConfigError (500)            config.toml / model.toml / model files that cannot be used
     │   └── ModelLoadError (500)     a version that failed to load: the reason shown in the index
     ├── InvalidRequest (400)         malformed body, unknown or mismatched tensor, bad shape
-    ├── NotFound (404)               unknown model, version or route
+    ├── Unauthorized (401)           no, malformed, unknown, expired, paused or revoked token
+    ├── Forbidden (403)              client address, scope or model not allowed for the token
+    ├── NotFound (404)               unknown model, version, route or token
+    ├── Conflict (409)               a token name already taken, a revoked token resumed
     ├── PayloadTooLarge (413)        body over [server] max_request_bytes
+    ├── TooManyRequests (429)        a token's rate limit or monthly quota
     ├── Unavailable (503)            model not ready, queue full, queue timeout
     ├── Unsupported (501)
-    └── EngineError (500)            an engine failed while running a request
+    ├── EngineError (500)            an engine failed while running a request
+    └── DatabaseError (500)          the token database cannot be opened, migrated or written
 """
 
 from __future__ import annotations
@@ -47,12 +52,41 @@ class InvalidRequest(CinferError):
     status_code = 400
 
 
+class Unauthorized(CinferError):
+    """No usable credentials; the response asks for a bearer token (RFC 6750)."""
+
+    status_code = 401
+
+    def __init__(self, message: str, *, invalid_token: bool = True) -> None:
+        challenge = 'Bearer realm="cinfer"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(CinferError):
+    status_code = 403
+
+
 class NotFound(CinferError):
     status_code = 404
 
 
+class Conflict(CinferError):
+    status_code = 409
+
+
 class PayloadTooLarge(CinferError):
     status_code = 413
+
+
+class TooManyRequests(CinferError):
+    """Over a rate limit or quota; `retry_after` seconds become the Retry-After header."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
 
 
 class Unavailable(CinferError):
@@ -65,3 +99,7 @@ class Unsupported(CinferError):
 
 class EngineError(CinferError):
     """An engine failed on a request; the client sees the short message, the log the traceback."""
+
+
+class DatabaseError(CinferError):
+    """SQLite failed (locked past the busy timeout, disk full, a newer schema); names the file."""

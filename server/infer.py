@@ -97,7 +97,7 @@ class InferEndpoint:
         except CinferError as exc:
             if found is not None:
                 found.requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
-            await _send_error(send, exc.status_code, exc.message, exc.headers)
+            await send_error(send, exc.status_code, exc.message, exc.headers)
             return
         except ClientDisconnected:
             return
@@ -109,7 +109,7 @@ class InferEndpoint:
             log.error("infer on model %s failed unexpectedly", model, exc_info=exc)
             if found is not None:
                 found.requests.failed("BACKEND", time.perf_counter_ns() - start)
-            await _send_error(send, 500, "internal server error (see the server log)", None)
+            await send_error(send, 500, "internal server error (see the server log)", None)
             return
         # Counted before the response leaves: a client reading the statistics after its
         # response finds its request in them.
@@ -155,7 +155,10 @@ class InferEndpoint:
                 return b"".join(chunks)
 
 
-async def _send_error(send: Send, status: int, message: str, extra: dict[str, str] | None) -> None:
+async def send_error(
+    send: Send, status: int, message: str, extra: dict[str, str] | None = None
+) -> None:
+    """Answer `{"error": message}` with `status` (and extra headers) from raw ASGI code."""
     body = orjson.dumps({"error": message})
     headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
     for key, value in (extra or {}).items():

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import configfile
 from .errors import ConfigError
+from .tokens import canonical_network
 
 log = logging.getLogger("cinfer")
 
@@ -64,10 +65,34 @@ class RepositorySettings(Section):
     so a copy or `git pull` in progress is never loaded half-way."""
 
 
+class AuthSettings(Section):
+    """API tokens (docs/auth.md). The server enforces them when `enabled`; `cinfer tokens`
+    manages the same `database` either way."""
+
+    enabled: bool = False
+    """Require an API token on every request but /v2/health/*. The shipped config.toml turns
+    this on; a settings file without an [auth] table (older ones, tests, embedders) keeps the
+    server open as before, and `serve` warns when that open server listens beyond loopback."""
+    database: Path = Path("data/cinfer.db")
+    """SQLite file of tokens and usage, created with its folder; relative to the config file."""
+    public_metadata: bool = False
+    """Serve server and model metadata, config, stats, readiness and /docs without a token."""
+    trusted_proxies: list[str] = []
+    """Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For names the client."""
+    log_retention_days: int = Field(30, ge=0)
+    """Days of the per-request usage log to keep; 0 writes no usage log at all."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        return [canonical_network(value) for value in values]
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     repository: RepositorySettings = RepositorySettings()
     metrics: MetricsSettings = MetricsSettings()
+    auth: AuthSettings = AuthSettings()
 
 
 def load(
@@ -79,7 +104,8 @@ def load(
     """Build the settings from the file at `path` (optional), the environment and `overrides`.
 
     `overrides` holds the CLI flags as ``{"server": {"port": 9000}}``; None values are skipped.
-    A relative ``[repository] path`` in a file is taken relative to that file's folder.
+    A relative ``[repository] path`` or ``[auth] database`` in a file is taken relative to
+    that file's folder.
     """
     data: dict[str, Any] = {}
     text = None
@@ -87,9 +113,10 @@ def load(
     if path is not None:
         data, text = configfile.read(path)
         source = str(path)
-        repo = data.get("repository")
-        if isinstance(repo, dict) and isinstance(repo.get("path"), str):
-            repo["path"] = str(path.parent / repo["path"])
+        for section, key in (("repository", "path"), ("auth", "database")):
+            table = data.get(section)
+            if isinstance(table, dict) and isinstance(table.get(key), str):
+                table[key] = str(path.parent / table[key])
     settings = configfile.parse(Settings, data, source, text)
     merged = settings.model_dump()
     _apply_env(merged, os.environ if env is None else env)

@@ -30,7 +30,11 @@ def free_port() -> int:
 def live_server(
     repository: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """Start the server over `repository`; yields (base URL, process) once it is ready."""
+    """Start the server over `repository`; yields (base URL, process) once it is ready.
+
+    Authentication is off unless `env` sets ``CINFER_AUTH__ENABLED`` (the shipped config.toml
+    turns it on, and tests that are not about tokens should not need one).
+    """
     port = free_port()
     log_path = repository.parent / f"server-{port}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
@@ -48,7 +52,7 @@ def live_server(
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "CINFER_AUTH__ENABLED": "false", **(env or {})},
         text=True,
     )
     url = f"http://127.0.0.1:{port}"

@@ -22,6 +22,8 @@ def test_defaults_without_a_file() -> None:
     assert settings.server.max_request_bytes == 64 * 1024 * 1024
     assert settings.server.log_level == "info"
     assert settings.repository.path == Path("repository")
+    assert settings.auth.enabled is False  # only the shipped config.toml turns tokens on
+    assert settings.auth.database == Path("data/cinfer.db")
 
 
 def test_every_key_from_the_file(tmp_path: Path) -> None:
@@ -108,11 +110,11 @@ def test_unknown_environment_variables_warn_and_are_ignored(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="cinfer"):
         settings = load(
-            None, env={"CINFER_AUTH__ENABLED": "false", "CINFER_SERVER__PROT": "1", "CINFER_X": "1"}
+            None, env={"CINFER_AUHT__ENABLED": "false", "CINFER_SERVER__PROT": "1", "CINFER_X": "1"}
         )
     assert settings == Settings()
     messages = "\n".join(r.getMessage() for r in caplog.records)
-    assert "CINFER_AUTH__ENABLED" in messages and "no section [auth]" in messages
+    assert "CINFER_AUHT__ENABLED" in messages and "no section [auht]" in messages
     assert "CINFER_SERVER__PROT" in messages and "no key 'prot'" in messages
     assert "CINFER_X" in messages
 
@@ -122,6 +124,35 @@ def test_shipped_config_is_valid() -> None:
     settings = load(root / "config.toml", env={})
     assert settings.repository.path == root / "repository"
     assert settings.server.port == 8000
+    assert settings.auth.enabled is True
+    assert settings.auth.database == root / "data" / "cinfer.db"
+
+
+def test_auth_settings_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[auth]\nenabled = true\ndatabase = "state/tokens.db"\ntrusted_proxies = ["10.0.0.1"]\n',
+    )
+    settings = load(
+        path,
+        env={
+            "CINFER_AUTH__TRUSTED_PROXIES": '["10.0.0.0/8", "2001:db8::/32"]',
+            "CINFER_AUTH__PUBLIC_METADATA": "true",
+            "CINFER_AUTH__LOG_RETENTION_DAYS": "7",
+        },
+    )
+    assert settings.auth.enabled is True
+    assert settings.auth.database == tmp_path / "state" / "tokens.db"
+    assert settings.auth.trusted_proxies == ["10.0.0.0/8", "2001:db8::/32"]
+    assert settings.auth.public_metadata is True and settings.auth.log_retention_days == 7
+
+
+def test_a_bad_trusted_proxy_names_the_entry(tmp_path: Path) -> None:
+    path = write(tmp_path, '[auth]\ntrusted_proxies = ["10.0.0.1/8"]\n')
+    with pytest.raises(
+        ConfigError, match=r"line 2: \[auth\] trusted_proxies: .*did you mean 10.0.0.0/8"
+    ):
+        load(path, env={})
 
 
 def test_live_repository_settings(tmp_path: Path) -> None:

@@ -1,0 +1,141 @@
+"""Who may do what: an API token checked on every request, for almost nothing on the hot path.
+
+    request -> AuthMiddleware -> requirement(path)        public: straight through
+                              -> Guard.identify / admit   token, state, address, scope,
+                                                          model, quota, rate (guard.py)
+                              -> App (infer hot path or Starlette)
+                                 counted, and logged with its status and latency
+
+Everything a request needs is in memory; the database is written in batches, never on a
+request's path. Issue 5 and docs/auth.md describe the rules.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .errors import CinferError
+from .guard import MAX_CACHED, Guard, Need, UnknownToken
+from .infer import Receive, Scope, Send, match, send_error
+
+ANY = Need(())
+READ = Need(("read",))
+ADMIN = Need(("admin",))
+
+
+def requirement(path: str, public_metadata: bool) -> Need | None:
+    """What a request to `path` needs; None when it is public. Unknown paths need a token."""
+    target = match(path)
+    if target is not None:
+        return Need(("infer",), target[0], target[1])
+    parts = path.split("/")
+    first = parts[1] if len(parts) > 1 else ""
+    if first == "v2":
+        section = parts[2] if len(parts) > 2 else ""
+        if section == "health":
+            return None
+        if section == "" and len(parts) <= 3:  # server metadata
+            return None if public_metadata else READ
+        if section == "repository":
+            return ADMIN
+        if section == "models" and len(parts) > 3:
+            return _model_requirement(parts[3:], public_metadata)
+        return ANY
+    if first == "admin":
+        return ADMIN
+    if first in ("openapi.json", "docs", "metrics"):
+        return None if public_metadata else READ
+    return ANY
+
+
+def _model_requirement(parts: list[str], public_metadata: bool) -> Need | None:
+    if parts == ["stats"]:  # every model's statistics
+        return None if public_metadata else READ
+    model, rest, version = parts[0], parts[1:], None
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    if rest in ([], ["config"], ["stats"]):
+        return None if public_metadata else Need(("read",), model, version)
+    if rest == ["ready"]:  # asked by clients about to infer: either scope will do
+        return None if public_metadata else Need(("read", "infer"), model, version)
+    if rest == ["infer"]:
+        return Need(("infer",), model, version)
+    return ANY
+
+
+class AuthMiddleware:
+    """Pure ASGI middleware in front of the whole app (infer hot path and Starlette alike).
+
+    Refused requests get ``{"error": ...}`` with 401/403/429 from here; admitted ones are
+    counted and, with their status and latency, logged.
+    """
+
+    def __init__(self, app: Any, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+        self.rejections: dict[int, int] = {}
+        """Refused requests by status (the cinfer_auth_rejections metric)."""
+        self._needs: dict[str, Need | None] = {}
+        """requirement() per path seen: the infer path of a model is parsed once."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":  # none are served; refuse rather than pass unchecked
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        guard = self.guard
+        path = scope["path"]
+        try:
+            need = self._needs[path]
+        except KeyError:
+            need = requirement(path, guard.public_metadata)
+            if len(self._needs) >= MAX_CACHED:
+                self._needs.clear()
+            self._needs[path] = need
+        if need is None:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        now = guard.clock()
+        client = scope.get("client")
+        address = client[0] if client else ""
+        grant = None
+        try:
+            credentials, address = guard.credentials(scope)
+            try:
+                grant = guard.identify(credentials)
+            except UnknownToken:
+                await guard.catch_up()  # a token made by the CLI a moment ago
+                grant = guard.identify(credentials)
+            guard.admit(grant, need, address, now, scope)
+        except CinferError as exc:
+            if guard.logging:
+                guard.record(
+                    (now, grant.id if grant else None, need.model, need.version,
+                     exc.status_code, (time.perf_counter() - start) * 1000, address)
+                )  # fmt: skip
+            self.rejections[exc.status_code] = self.rejections.get(exc.status_code, 0) + 1
+            await send_error(send, exc.status_code, exc.message, exc.headers)
+            return
+        if not guard.logging:
+            await self.app(scope, receive, send)
+            return
+        status = 499  # nginx's "client closed request": the app never answered
+
+        async def send_with_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            guard.record(
+                (now, grant.id, need.model, need.version, status,
+                 (time.perf_counter() - start) * 1000, address)
+            )  # fmt: skip

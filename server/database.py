@@ -1,0 +1,454 @@
+"""The SQLite file behind API tokens: schema and migrations, token records, usage and its log.
+
+One file (``[auth] database``, default ``data/cinfer.db``) is shared by the server and the
+`cinfer tokens` CLI, possibly at the same moment: WAL mode lets readers proceed beside one
+writer, and the busy timeout makes a second writer wait rather than fail. The server learns of
+another process's changes from ``PRAGMA data_version`` (auth.py polls it).
+
+The schema is versioned: `MIGRATIONS[n]` takes a database from version n to n + 1, applied in
+one transaction at open, so an old file is brought forward and a file from a newer server is
+refused rather than misread. sqlite3 errors become `DatabaseError` (or `Conflict` for a taken
+name) naming the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import aiosqlite
+
+from .errors import Conflict, DatabaseError, NotFound
+from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
+
+log = logging.getLogger("cinfer")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+MIGRATIONS: list[list[str]] = [
+    # 1 (issue 5): tokens and the per-request usage log.
+    [
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            secret_sha256 BLOB NOT NULL,
+            remark TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            status TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
+            scopes TEXT NOT NULL,
+            models TEXT NOT NULL,
+            ips TEXT NOT NULL,
+            rate_limit INTEGER NOT NULL DEFAULT 0,
+            monthly_quota INTEGER NOT NULL DEFAULT 0,
+            usage_month TEXT NOT NULL DEFAULT '',
+            used INTEGER NOT NULL DEFAULT 0,
+            last_used_at REAL
+        )""",
+        """CREATE TABLE usage_log (
+            id INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            token_id TEXT,
+            model TEXT,
+            version TEXT,
+            status INTEGER NOT NULL,
+            latency_ms REAL NOT NULL,
+            client TEXT NOT NULL
+        )""",
+        "CREATE INDEX usage_log_time ON usage_log (time)",
+    ],
+]
+
+UsageCount = tuple[str, str, int, float]
+"""(token id, month ``2026-11``, requests, last used at) accumulated since the last write."""
+LogRow = tuple[float, str | None, str | None, str | None, int, float, str]
+"""(time, token id, model, version, status, latency in ms, client address): one request."""
+
+
+class NameTaken(Conflict):
+    """The UNIQUE constraint on tokens.name, before the caller names the name."""
+
+
+_COLUMNS = (
+    "id, name, secret_sha256, remark, created_at, expires_at, status, scopes, models, ips, "
+    "rate_limit, monthly_quota, usage_month, used, last_used_at"
+)
+
+
+def _uncancellable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Awaitable[T]]:
+    """Run a write to its end (commit or rollback) even when its caller is cancelled: a
+    cancellation between BEGIN and COMMIT would leave the shared connection in a transaction."""
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(method(*args, **kwargs))
+
+    return run
+
+
+class Database:
+    """The token database at `path` (created with its folder); `clock` dates new tokens."""
+
+    def __init__(self, path: Path, *, clock: Clock = time.time, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.clock = clock
+        self.busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Database:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"token database {self.path}: cannot create folder: {exc}") from exc
+        with self._translate():
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await self._execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            mode = await self._scalar("PRAGMA journal_mode = WAL")
+            if str(mode).lower() != "wal":
+                log.warning("token database %s: WAL mode unavailable (%s)", self.path, mode)
+            # In WAL mode NORMAL loses no committed transaction to a process crash (kill -9),
+            # only possibly the last ones to a power cut.
+            await self._execute("PRAGMA synchronous = NORMAL")
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def open_and_close(self) -> None:
+        """Create or migrate the file and close it again: a start-up check."""
+        await self.open()
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with self._translate():
+                await conn.close()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise DatabaseError(f"token database {self.path} is not open")
+        return self._conn
+
+    async def _migrate(self) -> None:
+        await self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
+        async with self._transaction() as conn:
+            version = await self._scalar("SELECT coalesce(max(version), 0) FROM schema_version")
+            if version > len(MIGRATIONS):
+                raise DatabaseError(
+                    f"token database {self.path} has schema version {version}, newer than this "
+                    f"cinfer knows ({len(MIGRATIONS)}); upgrade cinfer or use another file"
+                )
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
+                log.info("token database %s: migrated to schema %d", self.path, number + 1)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def tokens(self) -> list[Token]:
+        with self._translate():
+            rows = await self.conn.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at, rowid"
+            )
+        return [_token(row) for row in rows]
+
+    async def find(self, ref: str) -> Token:
+        """The token whose id or name is `ref`."""
+        with self._translate():
+            rows = list(
+                await self.conn.execute_fetchall(
+                    f"SELECT {_COLUMNS} FROM tokens WHERE id = ? OR name = ?", (ref, ref)
+                )
+            )
+        if not rows:
+            raise NotFound(f"no token with id or name {ref!r}")
+        return _token(rows[0])
+
+    @_uncancellable
+    async def create(self, spec: TokenSpec) -> tuple[Token, str]:
+        """Store a new token; returns it and the full token string, which is not kept."""
+        now = self.clock()
+        expires_at = parse_expiry(spec.expires, now) if spec.expires else None
+        token_id, plaintext, digest = generate()
+        token = Token(
+            id=token_id,
+            name=spec.name,
+            secret_hash=digest,
+            remark=spec.remark,
+            created_at=now,
+            expires_at=expires_at,
+            status="active",
+            scopes=frozenset(spec.scopes),
+            models=tuple(spec.models),
+            ips=tuple(spec.ips),
+            rate_limit=spec.rate_limit,
+            monthly_quota=spec.monthly_quota,
+        )
+        with _name_taken(token.name):
+            async with self._transaction() as conn:
+                await conn.execute(
+                    f"INSERT INTO tokens ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", _row(token)
+                )
+        return token, plaintext
+
+    @_uncancellable
+    async def update(self, ref: str, patch: TokenPatch) -> Token:
+        """Apply the fields set in `patch`; a revoked token can only be deleted."""
+        fields = patch.model_fields_set
+        with _name_taken(patch.name or ""):
+            async with self._transaction():
+                return await self._update(ref, patch, fields)
+
+    async def _update(self, ref: str, patch: TokenPatch, fields: set[str]) -> Token:
+        token = await self.find(ref)
+        if token.status == "revoked" and fields:
+            if fields == {"status"} and patch.status == "revoked":
+                return token
+            raise Conflict(
+                f"token {token.name!r} ({token.id}) is revoked; revocation is permanent, "
+                "create a new token instead"
+            )
+        for key in ("name", "remark", "rate_limit", "monthly_quota", "status"):
+            value = getattr(patch, key)
+            if key in fields and value is not None:
+                setattr(token, key, value)
+        if "scopes" in fields and patch.scopes is not None:
+            token.scopes = frozenset(patch.scopes)
+        if "models" in fields and patch.models is not None:
+            token.models = tuple(patch.models)
+        if "ips" in fields and patch.ips is not None:
+            token.ips = tuple(patch.ips)
+        if "expires" in fields:
+            token.expires_at = parse_expiry(patch.expires or "never", self.clock())
+        await self.conn.execute(
+            "UPDATE tokens SET name = ?, remark = ?, expires_at = ?, status = ?, scopes = ?, "
+            "models = ?, ips = ?, rate_limit = ?, monthly_quota = ? WHERE id = ?",
+            (
+                token.name,
+                token.remark,
+                token.expires_at,
+                token.status,
+                *_row(token)[7:10],
+                token.rate_limit,
+                token.monthly_quota,
+                token.id,
+            ),
+        )
+        return token
+
+    async def set_status(self, ref: str, status: Status) -> Token:
+        return await self.update(ref, TokenPatch(status=status))
+
+    async def extend(self, ref: str, expires: str) -> Token:
+        """Set a new expiry (``2027-01-31``, ``30d`` from now, ``never``)."""
+        return await self.update(ref, TokenPatch(expires=expires))
+
+    @_uncancellable
+    async def reset_usage(self, ref: str) -> Token:
+        """Set this month's count to 0 (requests a running server has not written yet stay)."""
+        async with self._transaction() as conn:
+            token = await self.find(ref)
+            await conn.execute("UPDATE tokens SET used = 0 WHERE id = ?", (token.id,))
+        token.used = 0
+        return token
+
+    @_uncancellable
+    async def delete(self, ref: str) -> Token:
+        """Remove the token; its usage log rows stay (with its id) until they age out."""
+        async with self._transaction() as conn:
+            token = await self.find(ref)
+            await conn.execute("DELETE FROM tokens WHERE id = ?", (token.id,))
+        return token
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def data_version(self) -> int:
+        """Changes when another connection (the CLI, another server) commits to the file."""
+        return int(await self._scalar("PRAGMA data_version"))
+
+    @_uncancellable
+    async def save_usage(self, counts: Sequence[UsageCount], rows: Sequence[LogRow]) -> None:
+        """Add request counts (as deltas, so writers never overwrite each other) and log rows.
+
+        A count for a month older than the token's stored month is dropped: that month's
+        quota no longer matters.
+        """
+        async with self._transaction() as conn:
+            await conn.executemany(
+                "UPDATE tokens SET "
+                "used = CASE WHEN usage_month = ?2 THEN used + ?3 "
+                "WHEN usage_month < ?2 THEN ?3 ELSE used END, "
+                "usage_month = max(usage_month, ?2), "
+                "last_used_at = max(coalesce(last_used_at, 0), ?4) "
+                "WHERE id = ?1",
+                counts,
+            )
+            await conn.executemany(
+                "INSERT INTO usage_log (time, token_id, model, version, status, latency_ms, "
+                "client) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    @_uncancellable
+    async def prune(self, before: float, *, batch: int = 10_000) -> int:
+        """Delete usage log rows older than `before`, a batch per transaction."""
+        total = 0
+        while True:
+            async with self._transaction() as conn:
+                cursor = await conn.execute(
+                    "DELETE FROM usage_log WHERE id IN "
+                    "(SELECT id FROM usage_log WHERE time < ? ORDER BY time LIMIT ?)",
+                    (before, batch),
+                )
+                deleted = cursor.rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
+    async def usage(
+        self, since: float, until: float, *, token: str | None = None, model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Requests and errors (status >= 400) per token, model and UTC day; `token` is an id
+        or name (the id of a deleted token still finds its rows)."""
+        where = "l.time >= ? AND l.time < ?"
+        params: list[Any] = [since, until]
+        if token is not None:
+            try:
+                token = (await self.find(token)).id
+            except NotFound:
+                if not ID.fullmatch(token):
+                    raise
+            where += " AND l.token_id = ?"
+            params.append(token)
+        if model is not None:
+            where += " AND l.model = ?"
+            params.append(model)
+        with self._translate():
+            rows = await self.conn.execute_fetchall(
+                "SELECT date(l.time, 'unixepoch') AS day, l.token_id, t.name, l.model, "
+                "count(*), sum(l.status >= 400), avg(l.latency_ms) "
+                f"FROM usage_log AS l LEFT JOIN tokens AS t ON t.id = l.token_id WHERE {where} "
+                "GROUP BY day, l.token_id, l.model ORDER BY day, t.name, l.model",
+                params,
+            )
+        return [
+            {
+                "day": day,
+                "token_id": token_id,
+                "token_name": name,
+                "model": model_name,
+                "requests": requests,
+                "errors": errors,
+                "mean_latency_ms": round(latency, 3),
+            }
+            for day, token_id, name, model_name, requests, errors, latency in rows
+        ]
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _execute(self, sql: str) -> None:
+        with self._translate():
+            await self.conn.execute(sql)
+
+    async def _scalar(self, sql: str) -> Any:
+        with self._translate():
+            rows = list(await self.conn.execute_fetchall(sql))
+        return rows[0][0]
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time from this process; IMMEDIATE takes the file's write
+        lock up front, so a concurrent writer waits (busy timeout) instead of deadlocking."""
+        async with self._write_lock:
+            conn = self.conn
+            with self._translate():
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        await conn.execute("ROLLBACK")
+                    raise
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            if "tokens.name" in str(exc):
+                raise NameTaken("a token with that name already exists") from exc
+            raise DatabaseError(f"token database {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"token database {self.path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _name_taken(name: str) -> Iterator[None]:
+    try:
+        yield
+    except NameTaken as exc:
+        raise Conflict(f"a token named {name!r} already exists") from exc
+
+
+def _row(token: Token) -> tuple[Any, ...]:
+    return (
+        token.id,
+        token.name,
+        token.secret_hash,
+        token.remark,
+        token.created_at,
+        token.expires_at,
+        token.status,
+        json.dumps(sorted(token.scopes)),
+        json.dumps(list(token.models)),
+        json.dumps(list(token.ips)),
+        token.rate_limit,
+        token.monthly_quota,
+        token.usage_month,
+        token.used,
+        token.last_used_at,
+    )
+
+
+def _token(row: Sequence[Any]) -> Token:
+    return Token(
+        id=row[0],
+        name=row[1],
+        secret_hash=bytes(row[2]),
+        remark=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        status=row[6],
+        scopes=frozenset(json.loads(row[7])),
+        models=tuple(json.loads(row[8])),
+        ips=tuple(json.loads(row[9])),
+        rate_limit=row[10],
+        monthly_quota=row[11],
+        usage_month=row[12],
+        used=row[13],
+        last_used_at=row[14],
+    )

@@ -1,0 +1,627 @@
+"""API tokens enforced in-process: the real app, a real SQLite file, an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.auth import requirement
+from server.database import Database
+from server.dataplane import DataPlane
+from server.guard import Guard
+from server.reconciler import Reconciler
+from server.settings import AuthSettings, Settings
+from server.tokens import TokenSpec
+from tests import onnx_models
+
+pytestmark = pytest.mark.anyio
+
+NOW = float(calendar.timegm((2026, 11, 30, 23, 59, 0)))  # a minute before December
+INFER = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+TINY = """engine = "onnxruntime"
+max_batch_size = 8
+
+[[inputs]]
+name = "INPUT0"
+datatype = "FP32"
+shape = [16]
+
+[[outputs]]
+name = "OUTPUT0"
+datatype = "FP32"
+shape = [16]
+"""
+EVERYTHING = ["infer", "read", "admin"]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, app: Any, guard: Guard, clock: Clock) -> None:
+        self.app = app
+        self.guard = guard
+        self.clock = clock
+        self.clients: dict[str, httpx.AsyncClient] = {}
+
+    async def create(self, name: str, **fields: Any) -> str:
+        _, plaintext = await self.guard.database.create(TokenSpec(name=name, **fields))
+        await self.guard.reload()
+        return plaintext
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        *,
+        address: str = "127.0.0.1",
+        headers: dict[str, str] | list[tuple[bytes, bytes]] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        client = self.clients.get(address)
+        if client is None:
+            transport = httpx.ASGITransport(app=self.app, client=(address, 50000))
+            client = httpx.AsyncClient(transport=transport, base_url="http://test")
+            self.clients[address] = client
+        all_headers = httpx.Headers(headers)
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        response = await client.request(method, path, headers=all_headers, **kwargs)
+        assert response.status_code != 500, response.text
+        return response
+
+    async def infer(self, token: str | None, model: str = "tiny", **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", f"/v2/models/{model}/infer", token, json=INFER, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return onnx_models.dense(tmp_path_factory.mktemp("onnx") / "model.onnx", width=16)
+
+
+@contextlib.asynccontextmanager
+async def guarded(
+    tmp_path: Path, tiny_onnx: Path, *, now: float = NOW, interval: float = 0.05, **auth: Any
+) -> AsyncIterator[Harness]:
+    root = tmp_path / "models"
+    onnx_models.model_folder(root, "tiny", TINY, {1: tiny_onnx})
+    settings = Settings(
+        auth=AuthSettings(enabled=True, database=tmp_path / "data" / "cinfer.db", **auth)
+    )
+    clock = Clock(now)
+    guard = Guard(
+        Database(settings.auth.database, clock=clock), settings.auth, clock=clock, interval=interval
+    )
+    dataplane = DataPlane(Reconciler(root))
+    app = create_app(settings, dataplane, guard)
+    harness = Harness(app, guard, clock)
+    async with app.router.lifespan_context(app):
+        await dataplane.wait_ready()
+        try:
+            yield harness
+        finally:
+            for client in harness.clients.values():
+                await client.aclose()
+
+
+@pytest.fixture
+async def h(tmp_path: Path, tiny_onnx: Path) -> AsyncIterator[Harness]:
+    async with guarded(tmp_path, tiny_onnx) as harness:
+        yield harness
+
+
+def assert_refused(response: httpx.Response, status: int, message: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert list(response.json()) == ["error"]
+    assert message in response.json()["error"], response.json()["error"]
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def wait_for(condition: Any, timeout: float = 5.0) -> float:
+    """Seconds until `condition()` (a coroutine function) is true; fails after `timeout`."""
+    start = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - start < timeout, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+# -- who needs what ---------------------------------------------------------------------------
+
+PROTECTED = [
+    ("GET", "/v2"),
+    ("GET", "/v2/models/tiny"),
+    ("GET", "/v2/models/tiny/versions/1"),
+    ("GET", "/v2/models/tiny/config"),
+    ("GET", "/v2/models/tiny/ready"),
+    ("GET", "/v2/models/tiny/stats"),
+    ("GET", "/v2/models/stats"),
+    ("POST", "/v2/models/tiny/infer"),
+    ("POST", "/v2/models/tiny/versions/1/infer"),
+    ("GET", "/v2/models/tiny/infer"),
+    ("POST", "/v2/repository/index"),
+    ("POST", "/v2/repository/models/tiny/load"),
+    ("GET", "/admin/tokens"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/metrics"),
+    ("GET", "/nowhere"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "scopes", "model", "version"),
+    [
+        ("/v2/health/live", None, None, None),
+        ("/v2/health/ready", None, None, None),
+        ("/v2/models/m/infer", ("infer",), "m", None),
+        ("/v2/models/m/versions/3/infer", ("infer",), "m", "3"),
+        ("/v2/models/m", ("read",), "m", None),
+        ("/v2/models/m/versions/3/config", ("read",), "m", "3"),
+        ("/v2/models/m/stats", ("read",), "m", None),
+        ("/v2/models/m/ready", ("read", "infer"), "m", None),
+        ("/v2/models/stats", ("read",), None, None),
+        ("/v2", ("read",), None, None),
+        ("/openapi.json", ("read",), None, None),
+        ("/docs/assets/swagger-ui.css", ("read",), None, None),
+        ("/v2/repository/index", ("admin",), None, None),
+        ("/v2/repository/models/m/load", ("admin",), None, None),
+        ("/admin/tokens/x/pause", ("admin",), None, None),
+        ("/v2/models/m/unknown", (), None, None),
+        ("/", (), None, None),
+        ("/V2/health/live", (), None, None),
+    ],
+)
+def test_what_each_path_needs(
+    path: str, scopes: tuple[str, ...] | None, model: str | None, version: str | None
+) -> None:
+    need = requirement(path, public_metadata=False)
+    if scopes is None:
+        assert need is None
+    else:
+        assert need is not None and (need.scopes, need.model, need.version) == (
+            scopes,
+            model,
+            version,
+        )
+    public = requirement(path, public_metadata=True)
+    if scopes is not None and "read" in scopes:
+        assert public is None
+    else:
+        assert public == need
+
+
+async def test_health_is_public_and_every_other_route_needs_a_token(h: Harness) -> None:
+    assert (await h.request("GET", "/v2/health/live")).status_code == 200
+    assert (await h.request("GET", "/v2/health/ready")).status_code == 200
+    for method, path in PROTECTED:
+        response = await h.request(method, path, json=INFER if method == "POST" else None)
+        assert_refused(response, 401, "needs an API token: send 'Authorization: Bearer cinfer_...'")
+        assert response.headers["www-authenticate"] == 'Bearer realm="cinfer"'
+
+
+async def test_a_token_with_every_scope_reaches_every_route(h: Harness) -> None:
+    token = await h.create("all", scopes=EVERYTHING)
+    response = await h.infer(token)
+    assert response.status_code == 200 and response.json()["model_name"] == "tiny"
+    for path in ["/v2", "/v2/models/tiny", "/v2/models/tiny/config", "/v2/models/tiny/ready"]:
+        assert (await h.request("GET", path, token)).status_code == 200, path
+    assert (await h.request("GET", "/openapi.json", token)).status_code == 200
+    assert (await h.request("POST", "/v2/repository/index", token)).status_code == 200
+    assert (await h.request("GET", "/admin/tokens", token)).status_code == 200
+    # Past authentication, the app answers as always.
+    assert (await h.request("GET", "/nowhere", token)).status_code == 404
+    assert (await h.infer(token, "missing")).status_code == 404
+
+
+async def test_malformed_and_unknown_tokens_get_401(h: Harness) -> None:
+    token = await h.create("ci")
+    token_id = token.split("_")[1]
+    wrong_secret = f"cinfer_{token_id}_{'A' * 43}"
+    unknown_id = f"cinfer_ffffffffffff_{token.split('_')[2]}"
+    cases = [
+        ("Bearer", "malformed API token"),
+        ("Bearer ", "malformed API token"),
+        ("Bearer abc", "malformed API token"),
+        (f"Bearer {token}x", "malformed API token"),
+        (f"Bearer {token[:-1]}", "malformed API token"),
+        ("Bearer " + "A" * 8000, "malformed API token"),
+        ("Bearer cinfer_' OR 1=1; --_x", "malformed API token"),
+        ("Basic dXNlcjpwYXNz", "must be 'Bearer <token>'"),
+        (token, "must be 'Bearer <token>'"),
+        (f"Bearer {wrong_secret}", "unknown API token"),
+        (f"Bearer {unknown_id}", "unknown API token"),
+    ]
+    for value, message in cases:
+        response = await h.infer(None, headers={"Authorization": value})
+        assert_refused(response, 401, message)
+        assert token.split("_")[2] not in response.text
+    # Bytes that are not text, a header given twice, a token in the query string.
+    raw = [(b"authorization", b"Bearer \xff\xfe\x00cinfer")]
+    assert_refused(await h.infer(None, headers=raw), 401, "malformed API token")
+    twice = [(b"authorization", f"Bearer {token}".encode())] * 2
+    assert_refused(await h.infer(None, headers=twice), 401, "more than one Authorization header")
+    for query in (f"?token={token}", f"?access_token={token}", f"?authorization=Bearer%20{token}"):
+        response = await h.request("POST", f"/v2/models/tiny/infer{query}", json=INFER)
+        assert_refused(response, 401, "needs an API token")
+    # The scheme is case-insensitive (RFC 7235).
+    assert (await h.infer(None, headers={"Authorization": f"bearer {token}"})).status_code == 200
+
+
+async def test_pause_resume_and_revoke_through_the_admin_api_take_effect_at_once(
+    h: Harness,
+) -> None:
+    admin = await h.create("admin", scopes=["admin"])
+    token = await h.create("ci")
+    assert (await h.infer(token)).status_code == 200
+    assert (await h.request("POST", "/admin/tokens/ci/pause", admin)).json()["status"] == "paused"
+    assert_refused(await h.infer(token), 401, "API token 'ci' is paused")
+    assert (await h.request("POST", "/admin/tokens/ci/resume", admin)).json()["status"] == "active"
+    assert (await h.infer(token)).status_code == 200
+    assert (await h.request("POST", "/admin/tokens/ci/revoke", admin)).json()["status"] == "revoked"
+    assert_refused(await h.infer(token), 401, "API token 'ci' was revoked")
+    response = await h.request("POST", "/admin/tokens/ci/resume", admin)
+    assert_refused(response, 409, "revocation is permanent")
+    assert (await h.request("DELETE", "/admin/tokens/ci", admin)).status_code == 200
+    assert_refused(await h.infer(token), 401, "unknown API token")
+
+
+async def test_a_change_by_another_process_is_seen_within_a_second(h: Harness) -> None:
+    token = await h.create("ci")
+    assert (await h.infer(token)).status_code == 200
+    async with Database(h.guard.database.path) as cli:
+        await cli.set_status("ci", "paused")
+
+    async def refused() -> bool:
+        return (await h.infer(token)).status_code == 401
+
+    assert await wait_for(refused) < 1.0
+
+
+async def test_expiry_follows_the_clock(h: Harness) -> None:
+    token = await h.create("temp", expires="12h")
+    assert (await h.infer(token)).status_code == 200
+    h.clock.now += 12 * 3600 - 1
+    assert (await h.infer(token)).status_code == 200
+    h.clock.now += 1
+    assert_refused(await h.infer(token), 401, "API token 'temp' expired at 2026-12-01T11:59:00Z")
+    admin = await h.create("admin", scopes=["admin"])
+    response = await h.request("POST", "/admin/tokens/temp/extend", admin, json={"expires": "1d"})
+    assert response.json()["expires_at"] == "2026-12-02T11:59:00Z"
+    assert (await h.infer(token)).status_code == 200
+
+
+async def test_ipv4_and_ipv6_allowlists(h: Harness) -> None:
+    token = await h.create("lan", ips=["10.0.0.0/8", "2001:db8::/32", "192.168.1.7"])
+    for address in ["10.200.1.1", "192.168.1.7", "2001:db8::5", "::ffff:10.0.0.7"]:
+        assert (await h.infer(token, address=address)).status_code == 200, address
+    for address in ["192.168.1.8", "11.0.0.1", "2001:db9::1", "::1"]:
+        response = await h.infer(token, address=address)
+        assert_refused(response, 403, f"API token 'lan' may not be used from address {address}")
+
+
+async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    tmp_path: Path, tiny_onnx: Path
+) -> None:
+    async with guarded(tmp_path, tiny_onnx, trusted_proxies=["127.0.0.1", "10.9.0.0/16"]) as h:
+        token = await h.create("office", ips=["203.0.113.7"])
+
+        async def infer(address: str, forwarded: str | None) -> httpx.Response:
+            headers = {"X-Forwarded-For": forwarded} if forwarded is not None else None
+            return await h.infer(token, address=address, headers=headers)
+
+        assert (await infer("127.0.0.1", "203.0.113.7")).status_code == 200
+        assert (await infer("127.0.0.1", "203.0.113.7, 10.9.1.1")).status_code == 200
+        assert (await infer("10.9.3.3", "198.51.100.1, 203.0.113.7")).status_code == 200
+        # From anyone else the header is ignored.
+        response = await infer("198.51.100.1", "203.0.113.7")
+        assert_refused(response, 403, "from address 198.51.100.1")
+        # Only the right-most untrusted entry counts: what the client wrote left of it is not.
+        response = await infer("127.0.0.1", "203.0.113.7, 198.51.100.9")
+        assert_refused(response, 403, "from address 198.51.100.9")
+        assert_refused(await infer("127.0.0.1", None), 403, "from address 127.0.0.1")
+        response = await infer("127.0.0.1", "203.0.113.7, not-an-address")
+        assert_refused(response, 400, "X-Forwarded-For entry 'not-an-address' from proxy 127.0.0.1")
+
+
+async def test_scopes_and_model_globs(h: Harness) -> None:
+    runner = await h.create("runner", models=["tin?", "res*"])
+    assert (await h.infer(runner)).status_code == 200
+    assert (await h.infer(runner, "resnet50")).status_code == 404  # allowed, not served
+    assert_refused(
+        await h.infer(runner, "iris"), 403, "API token 'runner' may not use model 'iris'"
+    )
+    response = await h.request("POST", "/v2/models/iris/versions/1/infer", runner, json=INFER)
+    assert_refused(response, 403, "may not use model 'iris'")
+    response = await h.request("GET", "/v2/models/tiny", runner)
+    assert_refused(
+        response, 403, "lacks the read scope needed for GET /v2/models/tiny (model 'tiny')"
+    )
+    assert (await h.request("GET", "/v2/models/tiny/ready", runner)).status_code == 200
+    assert_refused(await h.request("GET", "/v2/models/iris/ready", runner), 403, "model 'iris'")
+
+    reader = await h.create("reader", scopes=["read"])
+    assert (await h.request("GET", "/v2/models/tiny/config", reader)).status_code == 200
+    response = await h.infer(reader)
+    assert_refused(
+        response, 403, "lacks the infer scope needed for POST /v2/models/tiny/infer (model 'tiny')"
+    )
+    response = await h.request("POST", "/v2/repository/models/tiny/unload", reader)
+    assert_refused(
+        response, 403, "lacks the admin scope needed for POST /v2/repository/models/tiny/unload"
+    )
+    assert_refused(await h.request("GET", "/admin/tokens", reader), 403, "lacks the admin scope")
+
+
+async def test_rate_limit_answers_429_then_recovers(h: Harness) -> None:
+    token = await h.create("burst", rate_limit=3)
+    for _ in range(3):
+        assert (await h.infer(token)).status_code == 200
+    response = await h.infer(token)
+    assert_refused(
+        response, 429, "API token 'burst' is over its rate limit of 3 requests per minute"
+    )
+    assert response.headers["retry-after"] == "20"
+    h.clock.now += 20
+    assert (await h.infer(token)).status_code == 200
+    assert (await h.infer(token)).status_code == 429
+    h.clock.now += 60
+    assert [(await h.infer(token)).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+async def test_monthly_quota_is_exhausted_then_resets_at_the_month_boundary(h: Harness) -> None:
+    token = await h.create("monthly", monthly_quota=2)
+    assert [(await h.infer(token)).status_code for _ in range(2)] == [200, 200]
+    response = await h.infer(token)
+    assert_refused(
+        response,
+        429,
+        "API token 'monthly' has used its monthly quota of 2 requests; "
+        "the quota resets at 2026-12-01T00:00:00Z",
+    )
+    assert response.headers["retry-after"] == "60"
+    await h.guard.flush()
+    stored = await h.guard.database.find("monthly")
+    assert (stored.usage_month, stored.used) == ("2026-11", 2)  # refusals are not counted
+    h.clock.now += 60  # midnight, 1 December
+    assert (await h.infer(token)).status_code == 200
+    await h.guard.flush()
+    stored = await h.guard.database.find("monthly")
+    assert (stored.usage_month, stored.used) == ("2026-12", 1)
+
+
+async def test_public_metadata_opens_metadata_only(tmp_path: Path, tiny_onnx: Path) -> None:
+    async with guarded(tmp_path, tiny_onnx, public_metadata=True) as h:
+        for path in ["/v2", "/v2/models/tiny", "/v2/models/tiny/config", "/v2/models/tiny/ready"]:
+            assert (await h.request("GET", path)).status_code == 200, path
+        assert (await h.request("GET", "/openapi.json")).status_code == 200
+        assert_refused(await h.infer(None), 401, "needs an API token")
+        assert_refused(await h.request("GET", "/admin/tokens"), 401, "needs an API token")
+        assert_refused(await h.request("POST", "/v2/repository/index"), 401, "needs an API token")
+
+
+# -- the admin API ----------------------------------------------------------------------------
+
+
+async def test_admin_api_creates_lists_changes_and_deletes(h: Harness) -> None:
+    admin = await h.create("admin", scopes=["admin"])
+    response = await h.request(
+        "POST",
+        "/admin/tokens",
+        admin,
+        json={"name": "ci", "scopes": ["infer", "read"], "models": ["ti*"], "rate_limit": 100},
+    )
+    assert response.status_code == 201
+    created = response.json()
+    token = created.pop("token")
+    assert token.startswith(f"cinfer_{created['id']}_")
+    assert (
+        created["scopes"] == ["infer", "read"] and created["created_at"] == "2026-11-30T23:59:00Z"
+    )
+    assert (await h.infer(token)).status_code == 200  # usable at once
+
+    listed = (await h.request("GET", "/admin/tokens", admin)).json()["tokens"]
+    assert [t["name"] for t in listed] == ["admin", "ci"]
+    assert token.split("_")[2] not in str(listed) and all("token" not in t for t in listed)
+    assert listed[1]["used_this_month"] == 1  # including what is not written yet
+
+    one = (await h.request("GET", f"/admin/tokens/{created['id']}", admin)).json()
+    assert one["name"] == "ci" and one["last_used_at"] == "2026-11-30T23:59:00Z"
+    changed = await h.request(
+        "PATCH", "/admin/tokens/ci", admin, json={"models": ["other"], "remark": "x"}
+    )
+    assert changed.json()["models"] == ["other"] and changed.json()["remark"] == "x"
+    assert_refused(await h.infer(token), 403, "may not use model 'tiny'")
+    reset = await h.request("POST", "/admin/tokens/ci/reset-usage", admin)
+    assert reset.json()["used_this_month"] == 0
+    assert (await h.request("DELETE", "/admin/tokens/ci", admin)).json()["name"] == "ci"
+    assert_refused(
+        await h.request("GET", "/admin/tokens/ci", admin), 404, "no token with id or name 'ci'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        (
+            "POST",
+            "/admin/tokens",
+            {"name": "Robert'); DROP TABLE tokens;--"},
+            400,
+            "name: token name",
+        ),
+        (
+            "POST",
+            "/admin/tokens",
+            {"name": "a", "ips": ["10.0.0.1/8"]},
+            400,
+            "did you mean 10.0.0.0/8?",
+        ),
+        ("POST", "/admin/tokens", {"name": "a", "models": ["*; --"]}, 400, "model pattern '*; --'"),
+        (
+            "POST",
+            "/admin/tokens",
+            {"name": "a", "expires": "yesterday"},
+            400,
+            "expiry 'yesterday' is not a date",
+        ),
+        ("POST", "/admin/tokens", {"name": "a", "expires": "2026-01-01"}, 400, "is in the past"),
+        (
+            "POST",
+            "/admin/tokens",
+            {"name": "a", "scopes": "admin"},
+            400,
+            "scopes: Input should be a valid list",
+        ),
+        ("POST", "/admin/tokens", {"name": "a", "rate_limit": 1e300}, 400, "rate_limit"),
+        ("POST", "/admin/tokens", {"name": "a", "id": "x"}, 400, "id: unknown field"),
+        ("POST", "/admin/tokens", {}, 400, "name: Field required"),
+        ("POST", "/admin/tokens", {"name": "admin"}, 409, "a token named 'admin' already exists"),
+        ("POST", "/admin/tokens", b"{not json", 400, "request body is not valid JSON"),
+        ("POST", "/admin/tokens", b"[1, 2]", 400, "request body must be a JSON object, got list"),
+        ("POST", "/admin/tokens", b"x" * 70_000, 413, "admin request body exceeds 65536 bytes"),
+        ("PATCH", "/admin/tokens/admin", {"status": "gone"}, 400, "status: Input should be"),
+        (
+            "PATCH",
+            "/admin/tokens/nobody",
+            {"remark": "x"},
+            404,
+            "no token with id or name 'nobody'",
+        ),
+        (
+            "PATCH",
+            "/admin/tokens/' OR 1=1 --",
+            {"remark": "x"},
+            404,
+            'no token with id or name "\' OR 1=1 --"',
+        ),
+        ("POST", "/admin/tokens/admin/extend", {"until": "1d"}, 400, 'extend takes {"expires"'),
+        ("GET", "/admin/usage?since=2026-13-01", None, 400, "since='2026-13-01' is not a date"),
+        ("GET", "/admin/usage?user=x", None, 400, "unknown query parameter(s) user"),
+        ("GET", "/admin/usage?token=nobody", None, 404, "no token with id or name 'nobody'"),
+        ("PUT", "/admin/tokens", None, 405, "method PUT is not allowed"),
+    ],
+)
+async def test_admin_api_refuses_bad_input_with_4xx(
+    h: Harness, method: str, path: str, body: Any, status: int, message: str
+) -> None:
+    admin = await h.create("admin", scopes=["admin"])
+    content = body if isinstance(body, bytes) else None
+    json_body = body if isinstance(body, dict) else None
+    response = await h.request(method, path, admin, content=content, json=json_body)
+    assert_refused(response, status, message)
+
+
+async def test_unicode_and_sql_in_names_and_remarks_are_kept_verbatim(h: Harness) -> None:
+    admin = await h.create("admin", scopes=["admin"])
+    remark = 'Robert\'); DROP TABLE tokens;-- 🚀 «ünïcode» "q" %s ?'
+    response = await h.request(
+        "POST", "/admin/tokens", admin, json={"name": "café-ünï", "remark": remark}
+    )
+    assert response.status_code == 201
+    shown = (await h.request("GET", "/admin/tokens/café-ünï", admin)).json()
+    assert (shown["name"], shown["remark"]) == ("café-ünï", remark)
+    assert len((await h.request("GET", "/admin/tokens", admin)).json()["tokens"]) == 2
+
+
+async def test_usage_aggregates_requests_and_errors_per_token_model_and_day(h: Harness) -> None:
+    admin = await h.create("admin", scopes=["admin"])
+    runner = await h.create("runner", models=["tiny"])
+    for _ in range(3):
+        assert (await h.infer(runner)).status_code == 200
+    assert (await h.infer(runner, "iris")).status_code == 403
+    assert (await h.infer("nope")).status_code == 401
+    h.clock.now += 120  # into December
+    assert (await h.infer(runner)).status_code == 200
+    usage = (await h.request("GET", "/admin/usage?model=tiny", admin)).json()["usage"]
+    assert [(u["day"], u["token_name"], u["requests"], u["errors"]) for u in usage] == [
+        ("2026-11-30", None, 1, 1),
+        ("2026-11-30", "runner", 3, 0),
+        ("2026-12-01", "runner", 1, 0),
+    ]
+    iris = (await h.request("GET", "/admin/usage?token=runner&model=iris", admin)).json()["usage"]
+    assert [(u["requests"], u["errors"]) for u in iris] == [(1, 1)]
+    since = (await h.request("GET", "/admin/usage?since=2026-12-01&model=tiny", admin)).json()
+    assert [u["day"] for u in since["usage"]] == ["2026-12-01"]
+    rows = sqlite3.connect(h.guard.database.path).execute(
+        "SELECT model, version, status, client FROM usage_log WHERE model = 'iris'"
+    )
+    assert list(rows) == [("iris", None, 403, "127.0.0.1")]
+
+
+async def test_counts_are_written_in_batches_not_per_request_and_at_shutdown(
+    tmp_path: Path, tiny_onnx: Path
+) -> None:
+    async with guarded(tmp_path, tiny_onnx, interval=3600) as h:
+        token = await h.create("ci")
+        for _ in range(5):
+            assert (await h.infer(token)).status_code == 200
+        database = h.guard.database.path
+        with sqlite3.connect(database) as conn:
+            assert conn.execute("SELECT used FROM tokens").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM usage_log").fetchone() == (0,)
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT used, usage_month FROM tokens").fetchone() == (5, "2026-11")
+        assert conn.execute("SELECT count(*), min(status) FROM usage_log").fetchone() == (5, 200)
+
+
+async def test_log_retention_zero_writes_no_usage_log(tmp_path: Path, tiny_onnx: Path) -> None:
+    async with guarded(tmp_path, tiny_onnx, log_retention_days=0) as h:
+        token = await h.create("ci")
+        assert (await h.infer(token)).status_code == 200
+        assert (await h.infer("bad")).status_code == 401
+        await h.guard.flush()
+        with sqlite3.connect(h.guard.database.path) as conn:
+            assert conn.execute("SELECT count(*) FROM usage_log").fetchone() == (0,)
+            assert conn.execute("SELECT used FROM tokens").fetchone() == (1,)
+
+
+# -- with the rest of the server ---------------------------------------------------------------
+
+
+async def test_rejections_are_counted_in_the_metrics_and_access_log(
+    tmp_path: Path, tiny_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    onnx_models.model_folder(root, "tiny", TINY, {1: tiny_onnx})
+    settings = Settings(
+        server={"access_log": "text"},
+        auth=AuthSettings(enabled=True, database=tmp_path / "data" / "cinfer.db"),
+    )
+    clock = Clock(NOW)
+    guard = Guard(Database(settings.auth.database, clock=clock), settings.auth, clock=clock)
+    dataplane = DataPlane(Reconciler(root))
+    app = create_app(settings, dataplane, guard)
+    harness = Harness(app, guard, clock)
+    async with app.router.lifespan_context(app):
+        await dataplane.wait_ready()
+        reader = await harness.create("reader", scopes=["read"])
+        with caplog.at_level("INFO", logger="cinfer.access"):
+            assert (await harness.infer(None)).status_code == 401
+            assert (await harness.infer("cinfer_nope_nope")).status_code == 401
+            assert (await harness.infer(reader)).status_code == 403
+        scraped = await harness.request("GET", "/metrics", reader)
+        for client in harness.clients.values():
+            await client.aclose()
+    assert 'cinfer_auth_rejections_total{status="401"} 2.0' in scraped.text
+    assert 'cinfer_auth_rejections_total{status="403"} 1.0' in scraped.text
+    logged = [r.getMessage() for r in caplog.records if r.name == "cinfer.access"]
+    assert [line.split(" status=")[1].split()[0] for line in logged] == ["401", "401", "403"]

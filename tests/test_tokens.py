@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import calendar
+import hashlib
+
+import pytest
+
+from server.errors import InvalidRequest
+from server.tokens import (
+    Token,
+    TokenPatch,
+    TokenSpec,
+    generate,
+    iso,
+    month_of,
+    parse_expiry,
+    split,
+    validate,
+)
+
+NOW = float(calendar.timegm((2026, 11, 23, 12, 0, 0)))
+
+
+def test_generated_tokens_have_the_documented_shape_and_only_the_hash_is_kept() -> None:
+    token_id, token, digest = generate()
+    parts = split(token)
+    assert parts is not None and parts[0] == token_id
+    secret = parts[1]
+    assert len(secret) == 43  # 43 base-62 digits: >= 256 bits
+    assert token == f"cinfer_{token_id}_{secret}"
+    assert digest == hashlib.sha256(secret.encode()).digest()
+    assert secret.encode() not in digest
+    assert len({generate()[1] for _ in range(200)}) == 200
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "cinfer_",
+        "cinfer_0123456789ab",
+        "cinfer_0123456789ab_short",
+        "cinfer_0123456789AB_" + "a" * 43,  # id is lower-case hex
+        "Cinfer_0123456789ab_" + "a" * 43,
+        "cinfer_0123456789ab_" + "a" * 42 + "-",
+        "cinfer_0123456789ab_" + "a" * 44,
+        "cinfer_0123456789ab_" + "a" * 43 + "\n",
+    ],
+)
+def test_tokens_of_the_wrong_shape_do_not_split(text: str) -> None:
+    assert split(text) is None
+
+
+def test_expiry_forms() -> None:
+    day = 86400
+    assert parse_expiry("30d", NOW) == NOW + 30 * day
+    assert parse_expiry("12h", NOW) == NOW + 12 * 3600
+    assert parse_expiry("2w", NOW) == NOW + 14 * day
+    assert parse_expiry("never", NOW) is None
+    # A date means "through that day": it expires when the UTC day ends.
+    assert iso(parse_expiry("2027-01-31", NOW)) == "2027-02-01T00:00:00Z"
+    assert iso(parse_expiry("2027-01-31T12:30:00Z", NOW)) == "2027-01-31T12:30:00Z"
+    assert iso(parse_expiry("2027-01-31T12:30:00+02:00", NOW)) == "2027-01-31T10:30:00Z"
+    assert iso(parse_expiry("2027-01-31T12:30:00", NOW)) == "2027-01-31T12:30:00Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2026-11-01", r"'2026-11-01' \(2026-11-02T00:00:00Z\) is in the past"),
+        ("0d", "not in the future"),
+        ("tomorrow", "is not a date .* a duration .* or 'never'"),
+        ("2027-02-30", "is not a date"),
+        ("30 days", "is not a date"),
+    ],
+)
+def test_bad_expiries_are_named(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_expiry(text, NOW)
+
+
+def test_months_are_utc_calendar_months() -> None:
+    assert month_of(NOW) == (
+        "2026-11",
+        calendar.timegm((2026, 11, 1, 0, 0, 0)),
+        calendar.timegm((2026, 12, 1, 0, 0, 0)),
+    )
+    december = calendar.timegm((2026, 12, 31, 23, 59, 59))
+    assert month_of(december)[0] == "2026-12"
+    assert iso(month_of(december)[2]) == "2027-01-01T00:00:00Z"
+    assert month_of(december + 1)[0] == "2027-01"
+
+
+def test_spec_normalises_lists() -> None:
+    spec = TokenSpec(
+        name="café-ünï.1",
+        scopes=["admin", "infer", "admin"],
+        models=[" resnet* ", "resnet*", "iris"],
+        ips=["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1", "10.1.2.3/32"],
+    )
+    assert spec.name == "café-ünï.1"
+    assert spec.scopes == ["infer", "admin"]
+    assert spec.models == ["resnet*", "iris"]
+    assert spec.ips == ["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "Robert'); DROP TABLE tokens;--"}, "name: token name .* must be 1-64 letters"),
+        ({"name": ""}, "name: token name '' must be"),
+        ({"name": "x" * 65}, "must be 1-64"),
+        ({"name": "0123456789ab"}, "looks like a token id"),
+        ({"name": "a", "scopes": []}, "scopes: at least one scope"),
+        (
+            {"name": "a", "scopes": ["write"]},
+            r"scopes\.0: Input should be 'infer', 'read' or 'admin'",
+        ),
+        ({"name": "a", "models": ["a b"]}, r"model pattern 'a b' must be"),
+        ({"name": "a", "models": ["x;drop"]}, r"model pattern 'x;drop'"),
+        (
+            {"name": "a", "ips": ["10.0.0.1/8"]},
+            r"'10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8\?",
+        ),
+        ({"name": "a", "ips": ["10.0.0.0/33"]}, r"'10.0.0.0/33' is not an IPv4 or IPv6 address"),
+        ({"name": "a", "ips": ["example.com"]}, r"'example.com' is not an IPv4"),
+        (
+            {"name": "a", "rate_limit": -1},
+            r"rate_limit: Input should be greater than or equal to 0",
+        ),
+        ({"name": "a", "remark": "x" * 1001}, r"remark is 1001 characters"),
+        ({"name": "a", "remark": "bell\x07"}, r"remark contains control characters"),
+        ({"name": "a", "colour": "red"}, r"colour: unknown field"),
+    ],
+)
+def test_invalid_specs_name_field_and_value(data: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=f"invalid token: .*{message}"):
+        validate(TokenSpec, data, "token")
+
+
+def test_remarks_keep_any_printable_text() -> None:
+    remark = 'Robert\'); DROP TABLE tokens;-- 🚀 ünïcode\n"quoted" \\ %s ?'
+    assert TokenSpec(name="a", remark=remark).remark == remark
+
+
+def test_patch_knows_which_fields_were_given() -> None:
+    patch = validate(TokenPatch, {"remark": "", "models": []}, "change")
+    assert patch.model_fields_set == {"remark", "models"}
+
+
+def test_public_form_never_holds_the_hash() -> None:
+    token = Token(id="0123456789ab", name="n", secret_hash=b"\x01" * 32, created_at=NOW)
+    shown = token.public(NOW)
+    assert "secret_hash" not in shown and b"\x01" not in repr(shown).encode()
+    assert shown["created_at"] == "2026-11-23T12:00:00Z" and shown["expires_at"] is None
+    assert "secret_hash" not in repr(token)
