@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__
+from . import __version__, affinity
 from .errors import CinferError
 from .settings import Settings, load
 
@@ -161,7 +161,13 @@ def serve(settings: Settings) -> int:
             settings.server.host,
         )
     repository = settings.repository
-    dataplane = DataPlane(Reconciler(root), repository.mode, repository.settle_ms)
+    # The event loop runs on this (main) thread: pin it before uvicorn starts the loop, so the
+    # threads that hand it the GIL can share its core (affinity.py).
+    core = affinity.python_core() if settings.server.pin_threads else None
+    affinity.pin(core)
+    if core is not None:
+        log.info("event loop and engine threads on CPU %d (engines' own threads on all)", core)
+    dataplane = DataPlane(Reconciler(root, core), repository.mode, repository.settle_ms)
     app = create_app(settings, dataplane, guard)
     log.info(
         "cinfer %s serving %s (%s mode) on http://%s:%d",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import signature
+from . import affinity, signature
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
@@ -189,9 +189,16 @@ def load_version(
     version: int,
     completions: Completions,
     loop: asyncio.AbstractEventLoop,
+    python_core: int | None = None,
 ) -> ModelVersion:
-    """Blocking: load, check, warm up and start one version. Raises ModelLoadError."""
+    """Blocking: load, check, warm up and start one version. Raises ModelLoadError.
+
+    With `python_core`, the version's engine threads share that core with the event loop
+    when the engine computes in threads of its own (affinity.py).
+    """
     started = time.perf_counter()
+    # Engines start their compute threads here; they must not inherit a pinned mask.
+    affinity.release()
     config = source.config
     folder = source.versions[version]
     try:
@@ -234,7 +241,14 @@ def load_version(
         engine.close()
         raise
     loaded = ModelVersion(source.name, version, folder, effective)
-    pool = InstancePool(loaded.label, engine, effective, completions, loop)
+    pool = InstancePool(
+        loaded.label,
+        engine,
+        effective,
+        completions,
+        loop,
+        python_core if getattr(engine, "own_threads", False) else None,
+    )
     pool.start(config.instances)
     loaded.pool = pool
     loaded.instance_stats = pool.stats

@@ -89,8 +89,10 @@ def log_state(
 class Reconciler:
     """Owns the loaded models; every change goes through here, serialised per model."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, python_core: int | None = None) -> None:
         self.root = root
+        self.python_core = python_core
+        """The core the event loop is pinned to, shared by engine threads (affinity.py)."""
         self.models: dict[str, Model] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._completions: Completions | None = None
@@ -352,7 +354,7 @@ class Reconciler:
         try:
             assert self._completions is not None
             version = await asyncio.to_thread(
-                load_version, source, number, self._completions, self.loop
+                load_version, source, number, self._completions, self.loop, self.python_core
             )
         except ModelLoadError as exc:
             placeholder.state = ModelState.UNAVAILABLE

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import affinity
 from .engines import Engine
 from .errors import CinferError, EngineError, Unavailable
 from .histogram import BATCH_SIZES, LATENCY_NS, Histogram
@@ -40,6 +41,9 @@ log = logging.getLogger("cinfer")
 
 Outputs = dict[str, np.ndarray]
 Result = tuple["Job", Outputs | None, BaseException | None]
+
+#: Jobs found with an empty queue behind them before an engine thread leaves the loop's core.
+CALM_JOBS = 64
 
 _STOP = object()  # one per worker: the worker that takes it finishes its batch and exits
 _WAKE = object()  # nudges an idle worker to look at held-back jobs
@@ -154,6 +158,7 @@ class InstancePool:
         config: ModelConfig,
         completions: Completions,
         loop: asyncio.AbstractEventLoop,
+        core: int | None = None,
     ) -> None:
         self.label = label
         self.engine = engine
@@ -166,6 +171,8 @@ class InstancePool:
         self.pending = 0
         self._idle: asyncio.Event | None = None
         self._closed = False
+        self._core = core
+        """Pin the engine threads to this core (the event loop's; see affinity.py)."""
         self.configure(config)
 
     # -- configuration (event loop) -------------------------------------------------------
@@ -290,10 +297,28 @@ class InstancePool:
     def _work(self, instance: int) -> None:
         stats = self.stats[instance]
         stopping = False
+        core = self._core
+        pinned = False
+        calm = 0
+        queue = self._queue
         while not stopping:
             job = self._take()
             if job is _STOP:
                 break
+            if core is not None:
+                # Share the event loop's core while requests queue up (the GIL changes hands
+                # for each, and a same-core hand-off is cheap); run free when they come one at
+                # a time, so this thread can start while the loop finishes its own work.
+                if queue.qsize():
+                    calm = 0
+                    if not pinned:
+                        affinity.pin(core)
+                        pinned = True
+                elif pinned:
+                    calm += 1
+                    if calm >= CALM_JOBS:
+                        affinity.release()
+                        pinned = False
             if self._batching:
                 batch, stopping = self._gather(job)
             else:

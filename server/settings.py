@@ -35,6 +35,9 @@ class ServerSettings(Section):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger bodies are refused with 413."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    pin_threads: bool = True
+    """Keep the event loop and the engine-calling threads on one core, engines' own compute
+    threads on all (docs/performance.md); false leaves placement to the kernel."""
     access_log: Literal["text", "json"] | bool = False
     """One line per request (request id, model, version, status, latency, batch size):
     false, "text" or "json" (true means "text")."""

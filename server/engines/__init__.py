@@ -64,6 +64,9 @@ class Engine(Protocol):
     outputs: list[TensorSpec]
     device: str
     """Where the model runs, resolved ("cpu", "cuda:0", OpenVINO's "CPU" or "GPU.0")."""
+    own_threads: bool
+    """True when the engine computes in threads of its own (or on a GPU), so the thread that
+    calls `run` mostly waits and may share a core with the event loop (see affinity.py)."""
 
     def run(
         self, instance: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]

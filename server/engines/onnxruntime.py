@@ -80,6 +80,9 @@ class ONNXRuntimeEngine:
         self._options = options
         self._session_options = _session_options(options)
         self._providers, self.device = _placement(options)
+        # With 2+ intra-op threads onnxruntime has a pool of its own; with one, the calling
+        # thread does all the compute and must not be confined to the event loop's core.
+        self.own_threads = self.device != "cpu" or self._session_options.intra_op_num_threads > 1
         self._lock = threading.Lock()
         self._sessions: list[ort.InferenceSession] = []
         self._sessions.append(self._new_session())

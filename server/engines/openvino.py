@@ -79,6 +79,7 @@ class OpenVINOEngine:
         _check_files(path)
         core = _core()
         self.device = _device(core, options.device, path)
+        self.own_threads = True  # infer requests run on OpenVINO's own stream threads
         config = _compile_config(options, self.device)
         try:
             model = core.read_model(str(path))

@@ -89,6 +89,9 @@ class TorchEngine:
         declared_inputs, declared_outputs = _declared(options)
         self._threads = _threads(options)
         self.device = _device(options.device, path)
+        # On the CPU, torch's OpenMP team belongs to the calling thread (and would inherit a
+        # pinned caller's single core); on a GPU the caller only waits.
+        self.own_threads = self.device != "cpu"
         self._torch_device = torch.device(self.device)
         self._exported = path.suffix == ".pt2"
         _check_archive(path)

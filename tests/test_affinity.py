@@ -1,0 +1,95 @@
+"""The GIL-bound threads share the event loop's core; engines' compute threads do not."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server import affinity
+from server.engines import LoadOptions
+from server.engines.onnxruntime import ONNXRuntimeEngine
+from server.model_config import ModelConfig
+from server.scheduler import CALM_JOBS, Completions, InstancePool
+from tests import onnx_models
+from tests.live import live_server
+
+pytestmark = pytest.mark.skipif(
+    len(affinity.ALLOWED) < 2, reason="needs at least two CPUs to pin anything"
+)
+
+
+def allowed(pid: int, tid: int) -> set[int]:
+    return os.sched_getaffinity(tid) if pid == os.getpid() else _from_proc(pid, tid)
+
+
+def _from_proc(pid: int, tid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            cpus: set[int] = set()
+            for part in line.split(":", 1)[1].strip().split(","):
+                low, _, high = part.partition("-")
+                cpus.update(range(int(low), int(high or low) + 1))
+            return cpus
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def test_the_python_core_is_the_highest_allowed() -> None:
+    assert affinity.python_core() == max(affinity.ALLOWED)
+
+
+@pytest.mark.anyio
+async def test_engine_threads_join_the_loops_core_under_backlog_only(tmp_path: Path) -> None:
+    core = max(affinity.ALLOWED)
+    path = onnx_models.dense(tmp_path / "d.onnx", width=64, layers=2)
+    loop = asyncio.get_running_loop()
+    engine = ONNXRuntimeEngine(LoadOptions(path=path, threads=2))
+    assert engine.own_threads
+    config = ModelConfig.model_validate({"engine": "onnxruntime", "max_batch_size": 4})
+    pool = InstancePool("t:1", engine, config, Completions(loop), loop, core)
+    pool.start(1)
+    worker = pool._workers[0].native_id
+    assert worker is not None
+    x = {"INPUT0": np.ones((1, 64), np.float32)}
+    try:
+        # Requests one at a time: the engine thread runs on every CPU.
+        await pool.submit(x, ["OUTPUT0"], 1)
+        assert allowed(os.getpid(), worker) == set(affinity.ALLOWED)
+        # A burst queues up behind the engine: it moves to the loop's core.
+        await asyncio.gather(*(pool.submit(x, ["OUTPUT0"], 1) for _ in range(50)))
+        assert allowed(os.getpid(), worker) == {core}
+        # Calm again for a while: back on every CPU.
+        for _ in range(CALM_JOBS + 1):
+            await pool.submit(x, ["OUTPUT0"], 1)
+        assert allowed(os.getpid(), worker) == set(affinity.ALLOWED)
+    finally:
+        await asyncio.to_thread(pool.close)
+
+
+def test_a_single_threaded_session_is_never_pinned(tmp_path: Path) -> None:
+    engine = ONNXRuntimeEngine(LoadOptions(path=onnx_models.dense(tmp_path / "d.onnx"), threads=1))
+    assert not engine.own_threads  # it computes on the calling thread: keep it free
+
+
+def test_the_server_pins_its_event_loop_not_onnxruntime(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    onnx_models.copy_samples(root)
+    with live_server(root) as (_, proc):
+        threads = {
+            int(t.name): allowed(proc.pid, int(t.name))
+            for t in Path(f"/proc/{proc.pid}/task").iterdir()
+        }
+    assert threads[proc.pid] == {max(affinity.ALLOWED)}  # the event loop (main thread)
+    # onnxruntime's intra-op threads were started unpinned.
+    assert sum(cpus == set(affinity.ALLOWED) for cpus in threads.values()) >= 2
+
+
+def test_pinning_can_be_turned_off(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    onnx_models.copy_samples(root)
+    with live_server(root, env={"CINFER_SERVER__PIN_THREADS": "false"}) as (_, proc):
+        main = allowed(proc.pid, proc.pid)
+    assert main == set(affinity.ALLOWED)
