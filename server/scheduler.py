@@ -44,6 +44,9 @@ Result = tuple["Job", Outputs | None, BaseException | None]
 
 #: Jobs found with an empty queue behind them before an engine thread leaves the loop's core.
 CALM_JOBS = 64
+#: Engine runs shorter than this (moving average) are dominated by the GIL hand-off, not by
+#: compute: only then does an engine thread join the loop's core.
+PIN_MAX_RUN_NS = 100_000
 
 _STOP = object()  # one per worker: the worker that takes it finishes its batch and exits
 _WAKE = object()  # nudges an idle worker to look at held-back jobs
@@ -143,6 +146,8 @@ class InstanceStats:
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
     last_inference_ms: int = 0
+    run_ns: int = 0
+    """Moving average of the engine's run time per execution (1/8 weight per run)."""
     batches: dict[int, BatchStats] = field(default_factory=dict)
     queue_histogram: Histogram = field(default_factory=lambda: Histogram(LATENCY_NS))
     batch_histogram: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZES))
@@ -306,17 +311,19 @@ class InstancePool:
             if job is _STOP:
                 break
             if core is not None:
-                # Share the event loop's core while requests queue up (the GIL changes hands
-                # for each, and a same-core hand-off is cheap); run free when they come one at
-                # a time, so this thread can start while the loop finishes its own work.
-                if queue.qsize():
+                # Share the event loop's core while short requests queue up: the GIL changes
+                # hands for each, and a same-core hand-off is cheap. Run free when requests
+                # come one at a time (this thread can then start while the loop finishes its
+                # own work) or when runs are long (this thread computes part of each run, and
+                # must not take that from the loop's core).
+                if queue.qsize() and stats.run_ns < PIN_MAX_RUN_NS:
                     calm = 0
                     if not pinned:
                         affinity.pin(core)
                         pinned = True
                 elif pinned:
                     calm += 1
-                    if calm >= CALM_JOBS:
+                    if calm >= CALM_JOBS or stats.run_ns >= PIN_MAX_RUN_NS:
                         affinity.release()
                         pinned = False
             if self._batching:
@@ -421,6 +428,7 @@ class InstancePool:
         stats.compute_infer_ns += (ran - ready) * requests
         stats.compute_output_ns += (done - ran) * requests
         stats.last_inference_ms = time.time_ns() // 1_000_000
+        stats.run_ns += (ran - ready - stats.run_ns) >> 3
         stats.batch_histogram.observe(rows)
         per_size = stats.batches.get(rows)
         if per_size is None:

@@ -93,3 +93,22 @@ def test_pinning_can_be_turned_off(tmp_path: Path) -> None:
     with live_server(root, env={"CINFER_SERVER__PIN_THREADS": "false"}) as (_, proc):
         main = allowed(proc.pid, proc.pid)
     assert main == set(affinity.ALLOWED)
+
+
+@pytest.mark.anyio
+async def test_long_runs_keep_the_engine_thread_free_under_backlog(tmp_path: Path) -> None:
+    path = onnx_models.dense(tmp_path / "big.onnx", width=1024, layers=4)
+    loop = asyncio.get_running_loop()
+    engine = ONNXRuntimeEngine(LoadOptions(path=path, threads=2))
+    config = ModelConfig.model_validate({"engine": "onnxruntime", "max_batch_size": 4})
+    pool = InstancePool("t:1", engine, config, Completions(loop), loop, max(affinity.ALLOWED))
+    pool.start(1)
+    worker = pool._workers[0].native_id
+    assert worker is not None
+    x = {"INPUT0": np.ones((4, 1024), np.float32)}
+    try:
+        await asyncio.gather(*(pool.submit(x, ["OUTPUT0"], 4) for _ in range(40)))
+        assert pool.stats[0].run_ns >= 100_000  # these runs are compute, not hand-off
+        assert allowed(os.getpid(), worker) == set(affinity.ALLOWED)
+    finally:
+        await asyncio.to_thread(pool.close)
