@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import CinferError
 from .guard import MAX_CACHED, Guard, Need, UnknownToken
-from .infer import Receive, Scope, Send, match, send_error
+from .infer import STATUS_KEY, Receive, Scope, Send, match, send_error
 
 ANY = Need(())
 READ = Need(("read",))
@@ -28,7 +28,7 @@ def requirement(path: str, public_metadata: bool) -> Need | None:
     """What a request to `path` needs; None when it is public. Unknown paths need a token."""
     target = match(path)
     if target is not None:
-        return Need(("infer",), target[0], target[1])
+        return Need(("infer",), target[0], target[1], infer=True)
     parts = path.split("/")
     first = parts[1] if len(parts) > 1 else ""
     if first == "v2":
@@ -123,6 +123,16 @@ class AuthMiddleware:
             return
         if not guard.logging:
             await self.app(scope, receive, send)
+            return
+        if need.infer and scope["method"] == "POST":
+            # The infer endpoint writes its status into the scope: no wrapper on the hot path.
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                guard.record(
+                    (now, grant.id, need.model, need.version, scope.get(STATUS_KEY, 499),
+                     (time.perf_counter() - start) * 1000, address)
+                )  # fmt: skip
             return
         status = 499  # nginx's "client closed request": the app never answered
 

@@ -31,6 +31,19 @@ from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, p
 
 log = logging.getLogger("cinfer")
 
+#: Log rows per INSERT statement (7 variables each, within SQLite's variable limit).
+LOG_ROWS_PER_INSERT = 1000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 140
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_log(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT INTO usage_log (time, token_id, model, version, status, latency_ms, client) "
+        f"VALUES {values}"
+    )
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -306,11 +319,11 @@ class Database:
                 "WHERE id = ?1",
                 counts,
             )
-            await conn.executemany(
-                "INSERT INTO usage_log (time, token_id, model, version, status, latency_ms, "
-                "client) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            # Many rows per statement, not executemany: sqlite3 releases and retakes the GIL
+            # around every statement it steps, and each hand-off stalls the event loop.
+            for start in range(0, len(rows), LOG_ROWS_PER_INSERT):
+                chunk = rows[start : start + LOG_ROWS_PER_INSERT]
+                await conn.execute(_insert_log(len(chunk)), [v for row in chunk for v in row])
 
     @_uncancellable
     async def prune(self, before: float, *, batch: int = 10_000) -> int:

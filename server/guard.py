@@ -58,6 +58,8 @@ class Need:
     scopes: tuple[str, ...]
     model: str | None = None
     version: str | None = None
+    infer: bool = False
+    """The infer hot path: it reports its status in the scope (infer.STATUS_KEY)."""
 
 
 class Grant:

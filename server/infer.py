@@ -30,6 +30,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+STATUS_KEY = "cinfer.status"
+"""Set in the ASGI scope by the infer endpoint: the status it answered (for the usage log)."""
+
 SCOPE_KEY = "cinfer.infer"
 """Set in the ASGI scope after a successful infer: (model, version, rows), for the access log."""
 
@@ -97,6 +100,7 @@ class InferEndpoint:
         except CinferError as exc:
             if found is not None:
                 found.requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
+            scope[STATUS_KEY] = exc.status_code
             await send_error(send, exc.status_code, exc.message, exc.headers)
             return
         except ClientDisconnected:
@@ -109,12 +113,14 @@ class InferEndpoint:
             log.error("infer on model %s failed unexpectedly", model, exc_info=exc)
             if found is not None:
                 found.requests.failed("BACKEND", time.perf_counter_ns() - start)
+            scope[STATUS_KEY] = 500
             await send_error(send, 500, "internal server error (see the server log)", None)
             return
         # Counted before the response leaves: a client reading the statistics after its
         # response finds its request in them.
         found.requests.succeeded(time.perf_counter_ns() - start)
         scope[SCOPE_KEY] = (found.name, found.version, rows)
+        scope[STATUS_KEY] = 200
         headers = [(b"content-type", JSON if json_length is None else BINARY)]
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))

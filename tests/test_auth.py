@@ -567,6 +567,24 @@ async def test_usage_aggregates_requests_and_errors_per_token_model_and_day(h: H
     assert list(rows) == [("iris", None, 403, "127.0.0.1")]
 
 
+async def test_usage_log_keeps_the_status_each_infer_answered(
+    tmp_path: Path, tiny_onnx: Path
+) -> None:
+    async with guarded(tmp_path, tiny_onnx, interval=3600) as h:
+        token = await h.create("ci")
+        assert (await h.infer(token)).status_code == 200
+        assert (await h.infer(token, "ghost")).status_code == 404
+        bad = await h.request(
+            "POST", "/v2/models/tiny/infer", token, json={"inputs": [{"name": "x"}]}
+        )
+        assert bad.status_code == 400
+        assert (await h.request("GET", "/v2/models/tiny/infer", token)).status_code == 405
+        database = h.guard.database.path
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("SELECT model, status FROM usage_log ORDER BY id").fetchall()
+    assert rows == [("tiny", 200), ("ghost", 404), ("tiny", 400), ("tiny", 405)]
+
+
 async def test_counts_are_written_in_batches_not_per_request_and_at_shutdown(
     tmp_path: Path, tiny_onnx: Path
 ) -> None:
