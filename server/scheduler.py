@@ -48,6 +48,11 @@ CALM_JOBS = 64
 #: compute: only then does an engine thread join the loop's core.
 PIN_MAX_RUN_NS = 100_000
 
+#: Batches up to this size are joined holding the GIL (see _concat).
+JOIN_MAX_BYTES = 1 << 20
+#: numpy releases the GIL for copies of more elements than this (NPY_BEGIN_THREADS_THRESHOLDED).
+NUMPY_GIL_MIN_ELEMENTS = 500
+
 _STOP = object()  # one per worker: the worker that takes it finishes its batch and exits
 _WAKE = object()  # nudges an idle worker to look at held-back jobs
 
@@ -404,7 +409,7 @@ class InstancePool:
                     stats.queue_histogram.observe(waited)
                     rows += job.rows
                 first = batch[0].inputs
-                inputs = {n: np.concatenate([j.inputs[n] for j in batch]) for n in first}
+                inputs = {n: _concat([j.inputs[n] for j in batch]) for n in first}
                 names = _union(job.outputs for job in batch)
                 ready = time.perf_counter_ns()
                 outputs = self.engine.run(instance, inputs, names)
@@ -468,6 +473,31 @@ def _any_cancelled(batch: list[Job]) -> bool:
         if job.future.cancelled():
             return True
     return False
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    """The batch's rows in one array, copied without letting go of the GIL when small.
+
+    numpy releases the GIL for every copy of more than 500 elements. Here the event loop is
+    waiting for it, so each release hands the GIL over and the copy then waits for the loop to
+    give it back: joining 24 rows of 1024 floats took 180 us that way against a busy thread,
+    12 us as one `bytearray.join` (which keeps the GIL). Large batches keep numpy's copy, where
+    the loop's progress meanwhile is worth the hand-offs.
+    """
+    first = arrays[0]
+    dtype = first.dtype
+    # Small rows: numpy keeps the GIL for copies this small.
+    if first.size <= NUMPY_GIL_MIN_ELEMENTS or dtype.hasobject or not dtype.isnative:
+        return np.concatenate(arrays)
+    rows = 0
+    for array in arrays:  # dtype and trailing shape are the same: the jobs share a key
+        if not array.flags.c_contiguous:
+            return np.concatenate(arrays)
+        rows += array.shape[0]
+    if rows * (first.nbytes // first.shape[0]) > JOIN_MAX_BYTES:
+        return np.concatenate(arrays)
+    data = bytearray().join([array.data for array in arrays])
+    return np.frombuffer(data, dtype).reshape((rows, *first.shape[1:]))
 
 
 def _union(lists: Any) -> list[str]:

@@ -13,7 +13,7 @@ from server.engines import LoadOptions
 from server.engines.onnxruntime import ONNXRuntimeEngine
 from server.errors import InvalidRequest, Unavailable
 from server.model_config import ModelConfig
-from server.scheduler import Completions, InstancePool
+from server.scheduler import Completions, InstancePool, _concat
 from tests import onnx_models
 
 pytestmark = pytest.mark.anyio
@@ -156,3 +156,30 @@ async def test_close_answers_queued_requests_and_refuses_new_ones(dense: Path) -
     await asyncio.to_thread(pool.close)
     with pytest.raises(Unavailable, match="unloading"):
         pool.submit({"INPUT0": np.ones((1, 16), np.float32)}, ["OUTPUT0"], 1)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        # rows of 1024 floats: joined under the GIL
+        [np.arange(1024 * n, dtype=np.float32).reshape(n, 1024) + n for n in (1, 3, 2)],
+        # other dtypes and an empty request
+        [np.full((n, 600), n, dtype=np.int64) for n in (2, 0, 1)],
+        [np.arange(n * 700).reshape(n, 700) % 3 == 0 for n in (1, 2)],
+        # too small for numpy to let go of the GIL: numpy's own copy
+        [np.ones((1, 16), np.float32), np.zeros((2, 16), np.float32)],
+        # non-contiguous, non-native byte order, objects, over JOIN_MAX_BYTES: numpy's copy
+        [np.ones((2, 1200), np.float32)[:, ::2], np.zeros((1, 600), np.float32)],
+        [np.ones((1, 600), ">f4"), np.ones((1, 600), ">f4") * 2],
+        [np.array([[b"a"] * 600], dtype=object)] * 2,
+        [np.ones((300, 1024), np.float32), np.ones((1, 1024), np.float32)],
+    ],
+)
+def test_batch_inputs_are_joined_row_for_row_like_numpy(rows: list[np.ndarray]) -> None:
+    joined = _concat(rows)
+    expected = np.concatenate(rows)
+    assert joined.shape == expected.shape
+    assert joined.dtype.newbyteorder("=") == expected.dtype.newbyteorder("=")
+    assert joined.dtype.isnative
+    assert joined.flags.c_contiguous and joined.flags.writeable
+    np.testing.assert_array_equal(joined, expected)
