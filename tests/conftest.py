@@ -13,6 +13,7 @@ from server.app import create_app
 from server.dataplane import DataPlane
 from server.reconciler import Reconciler
 from server.settings import RepositorySettings, Settings
+from tests import onnx_models
 
 
 def missing_gpu() -> str | None:
@@ -56,6 +57,38 @@ async def running_app(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client, dataplane
+
+
+def slow_model(repo: Path, batching: str) -> None:
+    """Model `slow` (8 layers of 512, max_batch_size 1024) with the given [batching] keys."""
+    onnx_models.dense(repo / "slow" / "1" / "model.onnx", width=512, layers=8)
+    (repo / "slow" / "model.toml").write_text(
+        f'engine = "onnxruntime"\nmax_batch_size = 1024\n[batching]\n{batching}\n'
+    )
+
+
+async def queued_behind_a_long_request(
+    client: httpx.AsyncClient, dataplane: DataPlane, count: int
+) -> list[httpx.Response]:
+    """Send `count` one-row requests to `slow` while a 1024-row one (~4 GFLOP) holds its
+    only instance; the answers of the small ones."""
+    pool = dataplane.reconciler.models["slow"].get(None).pool
+    assert pool is not None
+    rows = 1024
+    big = {"inputs": [{"name": "INPUT0", "shape": [rows, 512], "datatype": "FP32",
+                       "data": [0.0] * (rows * 512)}]}  # fmt: skip
+    small = {
+        "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}]
+    }
+    hold = asyncio.create_task(client.post("/v2/models/slow/infer", json=big))
+    async with asyncio.timeout(30):
+        while not pool.pending:
+            await asyncio.sleep(0.001)
+    responses = await asyncio.gather(
+        *(client.post("/v2/models/slow/infer", json=small) for _ in range(count))
+    )
+    assert (await hold).status_code == 200
+    return list(responses)
 
 
 def repository_settings(mode: str = "watch", settle_ms: int = 100) -> Settings:

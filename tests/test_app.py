@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import shutil
@@ -15,7 +14,7 @@ from onnx import TensorProto, helper
 
 from server.settings import Settings
 from tests import onnx_models
-from tests.conftest import running_app
+from tests.conftest import queued_behind_a_long_request, running_app, slow_model
 
 pytestmark = pytest.mark.anyio
 
@@ -399,36 +398,9 @@ async def test_body_over_the_limit_is_413(repository: Path) -> None:
 
 
 async def test_queue_full_and_queue_timeout_are_503(repo: Path) -> None:
-    onnx_models.dense(repo / "slow" / "1" / "model.onnx", width=512, layers=8)
-    (repo / "slow" / "model.toml").write_text(
-        'engine = "onnxruntime"\nmax_batch_size = 1024\n'
-        "[batching]\nmax_queue_size = 2\ntimeout_us = 20000\n"
-    )
-    big = {
-        "inputs": [
-            {
-                "name": "INPUT0",
-                "shape": [1024, 512],
-                "datatype": "FP32",
-                "data": [0.0] * (1024 * 512),
-            }
-        ]
-    }
-    small = {
-        "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}]
-    }
+    slow_model(repo, "max_queue_size = 2\ntimeout_us = 20000")
     async with running_app(repo) as (client, dataplane):
-        pool = dataplane.reconciler.models["slow"].get(None).pool
-        assert pool is not None
-        # A long request (~4 GFLOP) holds the only instance; once it is in, small ones queue.
-        hold = asyncio.create_task(client.post("/v2/models/slow/infer", json=big))
-        async with asyncio.timeout(30):
-            while not pool.pending:
-                await asyncio.sleep(0.001)
-        responses = await asyncio.gather(
-            *(client.post("/v2/models/slow/infer", json=small) for _ in range(8))
-        )
-        assert (await hold).status_code == 200
+        responses = await queued_behind_a_long_request(client, dataplane, 8)
     errors = [r.json()["error"] for r in responses if r.status_code == 503]
     assert any("queue full (2 requests waiting" in e for e in errors), errors
     assert any("request timed out in the queue after" in e for e in errors), errors

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.settings import Settings
 from tests import onnx_models
-from tests.conftest import running_app
+from tests.conftest import queued_behind_a_long_request, running_app, slow_model
 
 pytestmark = pytest.mark.anyio
 
@@ -97,34 +97,9 @@ async def test_batch_size_histogram_reflects_batching(repo: Path) -> None:
 
 
 async def test_queue_full_counts_as_rejected(repo: Path) -> None:
-    onnx_models.dense(repo / "slow" / "1" / "model.onnx", width=512, layers=8)
-    (repo / "slow" / "model.toml").write_text(
-        'engine = "onnxruntime"\nmax_batch_size = 1024\n[batching]\nmax_queue_size = 1\n'
-    )
-    big = {
-        "inputs": [
-            {
-                "name": "INPUT0",
-                "shape": [1024, 512],
-                "datatype": "FP32",
-                "data": [0.0] * (1024 * 512),
-            }
-        ]
-    }
-    small = {
-        "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}]
-    }
+    slow_model(repo, "max_queue_size = 1")
     async with running_app(repo) as (client, dataplane):
-        pool = dataplane.reconciler.models["slow"].get(None).pool
-        assert pool is not None
-        hold = asyncio.create_task(client.post("/v2/models/slow/infer", json=big))
-        async with asyncio.timeout(30):
-            while not pool.pending:
-                await asyncio.sleep(0.001)
-        responses = await asyncio.gather(
-            *(client.post("/v2/models/slow/infer", json=small) for _ in range(5))
-        )
-        assert (await hold).status_code == 200
+        responses = await queued_behind_a_long_request(client, dataplane, 5)
         rejected = sum(r.status_code == 503 for r in responses)
         m = samples((await client.get("/metrics")).text)
         stats = (await client.get("/v2/models/slow/versions/1/stats")).json()["model_stats"][0]
