@@ -145,6 +145,7 @@ def serve_and_load(repo: Path, body: Path, seconds: int, port: int) -> str:
     server = subprocess.Popen(
         [sys.executable, "-m", "server", "--repository", str(repo), "--port", str(port)],
         cwd=ROOT,
+        env={**os.environ, "CINFER_AUTH__ENABLED": "false"},  # as compare.sh serves it
         stdout=log,
         stderr=subprocess.STDOUT,
     )
