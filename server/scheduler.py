@@ -232,6 +232,9 @@ class InstancePool:
         running = len(self._workers)
         if instances == running:
             return
+        # New sessions and workers inherit this thread's CPUs: the whole machine, never the
+        # event loop's core (an executor thread started by the pinned loop has only that).
+        affinity.release()
         self._stop_workers()
         try:
             self.engine.resize(instances)

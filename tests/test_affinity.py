@@ -112,3 +112,35 @@ async def test_long_runs_keep_the_engine_thread_free_under_backlog(tmp_path: Pat
         assert allowed(os.getpid(), worker) == set(affinity.ALLOWED)
     finally:
         await asyncio.to_thread(pool.close)
+
+
+@pytest.mark.anyio
+async def test_a_resize_from_a_pinned_thread_starts_sessions_and_workers_free(
+    tmp_path: Path,
+) -> None:
+    core = max(affinity.ALLOWED)
+    path = onnx_models.dense(tmp_path / "d.onnx", width=64, layers=2)
+    loop = asyncio.get_running_loop()
+    engine = ONNXRuntimeEngine(LoadOptions(path=path, threads=2))
+    config = ModelConfig.model_validate({"engine": "onnxruntime", "max_batch_size": 4})
+    pool = InstancePool("t:1", engine, config, Completions(loop), loop, core)
+    pool.start(1)
+    before = {int(t.name) for t in Path("/proc/self/task").iterdir()}
+
+    def resize_like_the_reconciler() -> None:
+        # The reconciler resizes on an executor thread, which the pinned event loop started.
+        affinity.pin(core)
+        pool.resize(2)
+
+    try:
+        await asyncio.to_thread(resize_like_the_reconciler)
+        started = {int(t.name) for t in Path("/proc/self/task").iterdir()} - before
+        workers = {w.native_id for w in pool._workers}
+        assert workers <= started
+        assert len(started) > len(workers)  # the new session's intra-op threads
+        for tid in started:
+            assert allowed(os.getpid(), tid) == set(affinity.ALLOWED), tid
+        x = {"INPUT0": np.ones((1, 64), np.float32)}
+        assert (await pool.submit(x, ["OUTPUT0"], 1))["OUTPUT0"].shape == (1, 64)
+    finally:
+        await asyncio.to_thread(pool.close)
