@@ -3,15 +3,15 @@
 The event loop and the engine threads hand the GIL to each other for every request. When the
 kernel runs them on two cores, each hand-off is a cross-core wake-up (an inter-processor
 interrupt, expensive on virtual machines) and the threads spend more time waking each other
-than working. Only one of them can run Python at a time anyway, so the real server pins the
-event loop and the threads that call engines to one core, the "Python core", and leaves the
-engines' own compute threads (onnxruntime's intra-op pool, OpenVINO's streams, a GPU) free on
-every core. On the 2-core benchmark machine this took `tiny` at 32 connections from about 3.7k
-to 5.9k requests/s and `mlp` binary at 32 from 3.0k to 3.3k (docs/performance.md).
+than working. Only one of them can run Python at a time anyway, so the server pins the event
+loop to one core, the "Python core", and an engine thread joins it while short requests
+queue up behind it (scheduler.py has the rule); the engines' own compute threads
+(onnxruntime's intra-op pool, OpenVINO's streams, a GPU) stay free on every core. The figures
+are in docs/performance.md ("Thread placement").
 
-Threads inherit the affinity of the thread that starts them, so a thread that must not be
-pinned (the one that creates engine sessions, whose compute threads are spawned there) calls
-`release()` first. Off Linux, or on one CPU, everything here does nothing.
+Threads inherit the affinity of the thread that starts them, so a thread that creates engine
+sessions or engine threads (a load, a resize) calls `release()` first. Off Linux, or on one
+CPU, everything here does nothing.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ ALLOWED: frozenset[int] = frozenset(
 )
 
 
+#: Whether pinning can gain anything: two or more CPUs, and affinity control (Linux).
+CAN_PIN = len(ALLOWED) > 1 and hasattr(os, "sched_setaffinity")
+
+
 def python_core() -> int | None:
     """The core for the GIL-bound threads (the highest allowed: CPU 0 takes more interrupts),
-    or None when there is nothing to gain (one CPU, or no affinity control)."""
-    if len(ALLOWED) < 2 or not hasattr(os, "sched_setaffinity"):
-        return None
-    return max(ALLOWED)
+    or None when there is nothing to gain."""
+    return max(ALLOWED) if CAN_PIN else None
 
 
 def pin(core: int | None) -> None:
@@ -40,5 +42,5 @@ def pin(core: int | None) -> None:
 
 def release() -> None:
     """Let the calling thread (and the threads it starts from now on) use every allowed CPU."""
-    if len(ALLOWED) > 1 and hasattr(os, "sched_setaffinity"):
+    if CAN_PIN:
         os.sched_setaffinity(0, ALLOWED)

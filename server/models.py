@@ -247,7 +247,7 @@ def load_version(
         effective,
         completions,
         loop,
-        python_core if getattr(engine, "own_threads", False) else None,
+        python_core if engine.own_threads else None,
     )
     pool.start(config.instances)
     loaded.pool = pool
