@@ -136,10 +136,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .database import Database
+    from .auth.guard import Guard
+    from .auth.store import Database
     from .dataplane import DataPlane
-    from .guard import Guard
+    from .http.app import create_app
     from .reconciler import Reconciler
 
     root = settings.repository.path
@@ -238,8 +238,8 @@ def manage_tokens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tokens(args: argparse.Namespace, settings: Settings) -> int:
-    from .database import Database
-    from .tokens import TokenPatch, TokenSpec, validate
+    from .auth.store import Database
+    from .auth.tokens import TokenPatch, TokenSpec, validate
 
     async with Database(settings.auth.database) as database:
         action = args.action

@@ -10,16 +10,17 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
-import numpy as np
-
-from . import __version__, metrics, protocol
+from . import __version__, metrics
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable
+from .inference import InferRequest, InferResponse
+from .metrics import failure_reason
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion
-from .protocol import InferRequest
 from .reconciler import Reconciler
 from .repository import is_model_name
 from .scheduler import InstancePool
@@ -27,6 +28,8 @@ from .settings import RepositoryMode
 from .watcher import Watcher
 
 log = logging.getLogger("cinfer")
+
+T = TypeVar("T")
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
@@ -204,26 +207,64 @@ class DataPlane:
             )
         return found, pool
 
-    async def infer_body(
-        self, found: ModelVersion, pool: InstancePool, body: bytes, header_length: str | None
-    ) -> tuple[InferRequest, dict[str, np.ndarray], int]:
-        """Decode and run an infer body (JSON, or JSON header + binary tensors) on the version
-        `serving()` chose: (the request, its outputs, its rows)."""
-        if header_length is None:
-            request = protocol.decode_request(body, None)
+    async def infer(
+        self, model: str, version: str | None, request: InferRequest
+    ) -> InferResponse:
+        """Check `request` against the model's schema, run it, count it: the one infer path.
+
+        Every door goes through here (through `exchange` when it has wire bytes to decode
+        and encode); a client error is an `InvalidRequest` naming the tensor.
+        """
+        return await self.exchange(model, version, lambda: request, _identity)
+
+    async def exchange(
+        self,
+        model: str,
+        version: str | None,
+        decode: Callable[[], InferRequest],
+        encode: Callable[[InferResponse], T],
+    ) -> T:
+        """`infer` for a door that decodes its request and encodes its answer itself.
+
+        `decode` and `encode` run on the event loop; their time is counted as the request's
+        compute_input and compute_output (what Triton's statistics mean by them), and the
+        request as a success only once `encode` has returned, before the door sends it: a
+        client that reads the statistics after its response finds its request in them.
+        """
+        start = time.perf_counter_ns()
+        found, pool = self.serving(model, version)
+        requests = found.requests
+        try:
+            request = decode()
+            check_target(request, found)
             arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
-            return request, await pool.submit(arrays, outputs, rows), rows
-        key = body[: protocol.header_size(header_length, len(body))]
-        layout = found.layouts.get(key)
-        if layout is not None and layout.body_size == len(body):
-            results = await pool.submit(layout.arrays(body), layout.outputs, layout.rows)
-            return layout.request, results, layout.rows
-        request = protocol.decode_request(body, header_length)
-        arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
-        layout = protocol.Layout.of(request, arrays, outputs, rows, len(body))
-        if layout is not None:
-            found.layouts.put(key, layout)
-        return request, await pool.submit(arrays, outputs, rows), rows
+            decoded = time.perf_counter_ns()
+            results = await pool.submit(arrays, outputs, rows)
+            ran = time.perf_counter_ns()
+            answer = encode(
+                InferResponse(found.name, str(found.version), results, request, rows)
+            )
+        except CinferError as exc:
+            requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
+            raise
+        except asyncio.CancelledError:
+            requests.failed("CANCELED", time.perf_counter_ns() - start)
+            raise
+        except Exception:
+            requests.failed("BACKEND", time.perf_counter_ns() - start)
+            raise
+        done = time.perf_counter_ns()
+        requests.decode_ns += decoded - start
+        requests.encode_ns += done - ran
+        requests.succeeded(done - start)
+        return answer
+
+    async def stream(
+        self, model: str, version: str | None, request: InferRequest
+    ) -> AsyncIterator[InferResponse]:
+        """The responses to `request` as a stream: one for the models served today, several
+        for a model that answers in parts. A door that streams consumes both through this."""
+        yield await self.infer(model, version, request)
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -279,3 +320,21 @@ def _instance_group(name: str, config: ModelConfig) -> dict[str, Any]:
 
 def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": list(shape)}
+
+
+def _identity(response: InferResponse) -> InferResponse:
+    return response
+
+
+def check_target(request: InferRequest, found: ModelVersion) -> None:
+    """The model and version a body names (the KServe SDK names them) must be its target's."""
+    if request.model_name is not None and request.model_name != found.name:
+        raise InvalidRequest(
+            f"model_name {request.model_name!r} in the body does not match the model "
+            f"{found.name!r} in the request's target"
+        )
+    if request.model_version not in (None, "", str(found.version)):
+        raise InvalidRequest(
+            f"model_version {request.model_version!r} in the body does not match version "
+            f"{found.version} that serves the request"
+        )

@@ -57,6 +57,10 @@ class RequestStats:
     success_ns: int = 0
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     failure_ns: int = 0
+    decode_ns: int = 0
+    """Decoding and checking the requests that succeeded (part of compute_input)."""
+    encode_ns: int = 0
+    """Encoding their answers (part of compute_output)."""
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_NS))
 
     def succeeded(self, duration_ns: int) -> None:
@@ -113,9 +117,9 @@ def statistics(version: ModelVersion) -> dict[str, Any]:
             "success": _duration(requests.success, requests.success_ns),
             "fail": _duration(sum(requests.failures.values()), requests.failure_ns),
             "queue": _duration(executed, totals.queue_ns),
-            "compute_input": _duration(executed, totals.compute_input_ns),
+            "compute_input": _duration(executed, totals.compute_input_ns + requests.decode_ns),
             "compute_infer": _duration(executed, totals.compute_infer_ns),
-            "compute_output": _duration(executed, totals.compute_output_ns),
+            "compute_output": _duration(executed, totals.compute_output_ns + requests.encode_ns),
             "cache_hit": _duration(0, 0),
             "cache_miss": _duration(0, 0),
         },

@@ -20,9 +20,9 @@ from . import affinity, signature
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
+from .inference import InferInput
 from .metrics import RequestStats
 from .model_config import ModelConfig
-from .protocol import InferInput, LayoutCache
 from .repository import Fingerprint, ModelSource
 from .scheduler import Completions, InstancePool, InstanceStats
 
@@ -68,7 +68,6 @@ class ModelVersion:
         self._outputs = [t.name for t in config.outputs or ()]
         self._output_set = frozenset(self._outputs)
         self._max_batch = config.max_batch_size
-        self.layouts = LayoutCache()
 
     @property
     def label(self) -> str:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import configfile
+from .auth.tokens import canonical_network
 from .errors import ConfigError
-from .tokens import canonical_network
 
 log = logging.getLogger("cinfer")
 

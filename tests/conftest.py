@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.app import create_app
 from server.dataplane import DataPlane
+from server.http.app import create_app
 from server.reconciler import Reconciler
 from server.settings import RepositorySettings, Settings
 from tests import onnx_models

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app import create_app
-from server.auth import requirement
-from server.database import Database
+from server.auth.guard import Guard
+from server.auth.store import Database
+from server.auth.tokens import TokenSpec
 from server.dataplane import DataPlane
-from server.guard import Guard
+from server.http.access import requirement
+from server.http.app import create_app
 from server.reconciler import Reconciler
 from server.settings import AuthSettings, Settings
-from server.tokens import TokenSpec
 from tests import onnx_models
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from server.protocol import decode_request
+from server.http.codec import decode_request
 from tests import onnx_models
 from tests.live import ROOT, free_port, live_server
 from tools.benchkit import inputs, report

@@ -7,9 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from server.auth.tokens import split
 from server.cli import build_parser, is_loopback, manage_tokens
 from server.settings import load
-from server.tokens import split
 
 
 class CLI:

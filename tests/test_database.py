@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from server.database import MIGRATIONS, Database
+from server.auth.store import MIGRATIONS, Database
+from server.auth.tokens import TokenPatch, TokenSpec, split
 from server.errors import Conflict, DatabaseError, InvalidRequest, NotFound
-from server.tokens import TokenPatch, TokenSpec, split
 
 pytestmark = pytest.mark.anyio
 

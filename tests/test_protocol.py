@@ -11,14 +11,13 @@ import pytest
 
 from server.datatypes import BF16, NUMPY
 from server.errors import InvalidRequest, PayloadTooLarge, Unsupported
-from server.protocol import (
-    InferRequest,
-    RequestedOutput,
+from server.http.codec import (
     compress,
     decode_request,
     decompress,
     encode_response,
 )
+from server.inference import InferRequest, InferResponse, RequestedOutput
 
 
 def body(*inputs: dict, **extra: object) -> bytes:
@@ -271,7 +270,7 @@ def test_encode_json_outputs_carry_no_parameters_and_echo_id() -> None:
         "b": np.array([0.25], dtype=BF16),
         "t": np.array([True]),
     }
-    payload, length = encode_response("m", 3, request, results)
+    payload, length = encode_response(InferResponse("m", "3", results, request))
     assert length is None
     doc = orjson.loads(payload)
     assert doc["model_name"] == "m" and doc["model_version"] == "3" and doc["id"] == "abc"
@@ -300,7 +299,7 @@ def test_encode_binary_outputs_subset_in_requested_order() -> None:
         "n": np.array([7], np.int64),
         "unused": y,
     }
-    payload, length = encode_response("m", 1, request, results)
+    payload, length = encode_response(InferResponse("m", "1", results, request))
     assert length is not None
     doc = orjson.loads(payload[:length])
     assert [o["name"] for o in doc["outputs"]] == ["s", "y", "n"]
@@ -319,7 +318,9 @@ def test_request_level_binary_data_output() -> None:
         parameters={"binary_data_output": True},
     )
     request = decode_request(raw, None)
-    payload, length = encode_response("m", 1, request, {"y": np.array([2.0], np.float32)})
+    payload, length = encode_response(
+        InferResponse("m", "1", {"y": np.array([2.0], np.float32)}, request)
+    )
     assert length is not None
     assert orjson.loads(payload[:length])["outputs"][0]["parameters"] == {"binary_data_size": 4}
 

@@ -5,8 +5,7 @@ import hashlib
 
 import pytest
 
-from server.errors import InvalidRequest
-from server.tokens import (
+from server.auth.tokens import (
     Token,
     TokenPatch,
     TokenSpec,
@@ -17,6 +16,7 @@ from server.tokens import (
     split,
     validate,
 )
+from server.errors import InvalidRequest
 
 NOW = float(calendar.timegm((2026, 11, 23, 12, 0, 0)))
 

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
 
     import httpx
 
-    from server.app import create_app
+    from server.http.app import create_app
     from server.dataplane import DataPlane
     from server.reconciler import Reconciler
     from server.settings import Settings

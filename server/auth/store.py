@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
-from .errors import Conflict, DatabaseError, NotFound
+from ..errors import Conflict, DatabaseError, NotFound
 from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
 
 log = logging.getLogger("cinfer")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from hmac import compare_digest
 
-from .database import Database, LogRow, UsageCount
-from .errors import CinferError, Forbidden, InvalidRequest, TooManyRequests, Unauthorized
-from .infer import Scope
-from .settings import AuthSettings
+from ..errors import CinferError, Forbidden, InvalidRequest, TooManyRequests, Unauthorized
+from ..http.infer import Scope
+from ..settings import AuthSettings
+from .store import Database, LogRow, UsageCount
 from .tokens import (
     Clock,
     Network,

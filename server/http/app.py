@@ -20,14 +20,15 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import admin, metrics, openapi, wire
+from .. import metrics, wire
+from ..auth.guard import Guard
+from ..dataplane import DataPlane
+from ..errors import CinferError, InvalidRequest, PayloadTooLarge
+from ..settings import Settings
+from . import admin, openapi
+from .access import AuthMiddleware
 from .accesslog import AccessLog
-from .auth import AuthMiddleware
-from .dataplane import DataPlane
-from .errors import CinferError, InvalidRequest, PayloadTooLarge
-from .guard import Guard
 from .infer import InferEndpoint, Receive, Scope, Send, match
-from .settings import Settings
 
 log = logging.getLogger("cinfer")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from . import __version__, wire
-from .models import ModelVersion, warmup_inputs
-from .reconciler import Reconciler
+from .. import __version__, wire
+from ..models import ModelVersion, warmup_inputs
+from ..reconciler import Reconciler
 
 REF = "#/components/schemas/{model}"
 

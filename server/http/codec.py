@@ -20,41 +20,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+from cachetools import LRUCache
 
-from .datatypes import BF16, FROM_NUMPY, JSON_DECODE, NUMPY, datatype_of
-from .errors import InvalidRequest, PayloadTooLarge, Unsupported
+from ..datatypes import BF16, FROM_NUMPY, JSON_DECODE, NUMPY, datatype_of
+from ..errors import InvalidRequest, PayloadTooLarge, Unsupported
+from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
 
 _U32 = struct.Struct("<I")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-@dataclass(slots=True)
-class InferInput:
-    name: str
-    datatype: str
-    array: np.ndarray
-    offset: int | None = None
-    """Where a binary input's bytes start in the body (None for JSON data)."""
-
-
-@dataclass(slots=True)
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass(slots=True)
-class InferRequest:
-    inputs: list[InferInput]
-    outputs: list[RequestedOutput] | None
-    id: Any = None
-    parameters: dict[str, Any] | None = None
-    binary_output: bool = False
-    """Request-level ``binary_data_output``: every output binary unless it says otherwise."""
-
-    @property
-    def output_names(self) -> list[str] | None:
-        return [o.name for o in self.outputs] if self.outputs is not None else None
 
 
 def header_size(header_length: str, body_size: int) -> int:
@@ -74,66 +47,82 @@ def header_size(header_length: str, body_size: int) -> int:
 
 @dataclass(slots=True, frozen=True)
 class Layout:
-    """A binary request's header, decoded and checked once.
+    """A binary request's JSON header, decoded and checked once.
 
     Clients send the same JSON header with every request of a shape (perf_analyzer, wrk,
-    tritonclient all do), so a version keeps the layouts of recent headers: a body whose header
-    bytes match skips JSON parsing and schema checks and goes straight to np.frombuffer.
+    tritonclient all do), so the infer endpoint keeps the layouts of recent headers: a body
+    whose header bytes match skips JSON parsing and goes straight to np.frombuffer. A layout
+    depends on the header bytes alone, not on any model: the DataPlane checks the request
+    against the model's schema every time.
     """
 
     request: InferRequest
-    """The header's outputs and flags (no arrays): what encode_response needs."""
-    tensors: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]
-    """(name, dtype, shape, offset, count) per input, in model order."""
-    outputs: list[str]
-    rows: int
+    """The header's outputs, id and flags (no inputs)."""
+    tensors: tuple[tuple[str, str, np.dtype, tuple[int, ...], int, int], ...]
+    """(name, datatype, dtype, shape, offset, count) per input, in the order sent."""
     body_size: int
 
     @classmethod
-    def of(
-        cls,
-        request: InferRequest,
-        arrays: Mapping[str, np.ndarray],
-        outputs: list[str],
-        rows: int,
-        body_size: int,
-    ) -> Layout | None:
-        """The layout of a decoded, checked request, or None when it cannot be reused."""
-        if request.id is not None or (
-            request.parameters and set(request.parameters) - {"binary_data_output"}
-        ):
-            return None
-        offsets = {t.name: t.offset for t in request.inputs}
+    def of(cls, request: InferRequest, offsets: list[int | None], body_size: int) -> Layout | None:
+        """The layout of a decoded request, or None when its inputs must be read per body
+        (JSON data, BYTES and BOOL, whose bytes are checked element by element)."""
         tensors = []
-        for name, array in arrays.items():
-            offset = offsets[name]
-            if offset is None or array.dtype.kind in "Ob":  # BYTES and BOOL are checked per body
+        for tensor, offset in zip(request.inputs, offsets):
+            array = tensor.array
+            if offset is None or array.dtype.kind in "Ob":
                 return None
-            tensors.append((name, array.dtype, array.shape, offset, array.size))
-        bare = InferRequest([], request.outputs, None, request.parameters, request.binary_output)
-        return cls(bare, tuple(tensors), outputs, rows, body_size)
+            tensors.append(
+                (tensor.name, tensor.datatype, array.dtype, array.shape, offset, array.size)
+            )
+        bare = InferRequest(
+            [],
+            request.outputs,
+            request.id,
+            request.parameters,
+            request.binary_output,
+            request.model_name,
+            request.model_version,
+        )
+        return cls(bare, tuple(tensors), body_size)
 
-    def arrays(self, body: bytes) -> dict[str, np.ndarray]:
-        return {
-            name: np.frombuffer(body, dtype, count, offset).reshape(shape)
-            for name, dtype, shape, offset, count in self.tensors
-        }
+    def decode(self, body: bytes) -> InferRequest:
+        """The request of a body with this layout's header."""
+        bare = self.request
+        inputs = [
+            InferInput(name, datatype, np.frombuffer(body, dtype, count, offset).reshape(shape))
+            for name, datatype, dtype, shape, offset, count in self.tensors
+        ]
+        return InferRequest(
+            inputs,
+            bare.outputs,
+            bare.id,
+            bare.parameters,
+            bare.binary_output,
+            bare.model_name,
+            bare.model_version,
+        )
 
 
-class LayoutCache:
-    """Recent binary-request layouts of one model version, by header bytes (bounded)."""
+class Decoder:
+    """Decodes infer bodies, remembering the layouts of recent binary headers (an LRU)."""
 
-    def __init__(self, capacity: int = 64) -> None:
-        self._entries: dict[bytes, Layout] = {}
-        self._capacity = capacity
+    def __init__(self, capacity: int = 256) -> None:
+        self._layouts: LRUCache[bytes, Layout | None] = LRUCache(capacity)
 
-    def get(self, header: bytes) -> Layout | None:
-        return self._entries.get(header)
-
-    def put(self, header: bytes, layout: Layout) -> None:
-        if len(self._entries) >= self._capacity:
-            self._entries.clear()  # a client cycling through many shapes: start over
-        self._entries[header] = layout
+    def decode(self, body: bytes, header_length: str | None) -> InferRequest:
+        if header_length is None:
+            return decode_request(body, None)
+        key = body[: header_size(header_length, len(body))]
+        try:
+            layout = self._layouts[key]
+        except KeyError:
+            pass
+        else:
+            if layout is not None and layout.body_size == len(body):
+                return layout.decode(body)
+        request, offsets = decode_with_offsets(body, header_length)
+        self._layouts[key] = Layout.of(request, offsets, len(body))
+        return request
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -174,6 +163,13 @@ _REQUEST_FIELDS = frozenset(("id", "parameters", "inputs", "outputs"))
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     """Parse an infer body, JSON or JSON header + binary tensors, into numpy arrays."""
+    return decode_with_offsets(body, header_length)[0]
+
+
+def decode_with_offsets(
+    body: bytes, header_length: str | None
+) -> tuple[InferRequest, list[int | None]]:
+    """`decode_request`, and where each binary input's bytes start in the body (None: JSON)."""
     size = len(body)
     if header_length is not None:
         split = header_size(header_length, size)
@@ -204,6 +200,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     offset = split
     view = memoryview(body) if split < size else None
     inputs = []
+    offsets: list[int | None] = []
     for index, raw in enumerate(raw_inputs):
         if type(raw) is not dict:
             raise InvalidRequest(f"inputs[{index}] must be a JSON object")
@@ -251,11 +248,13 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
                     f"({size - offset} bytes left)"
                 )
             array = _from_binary(name, datatype, shape, count, view[offset:end])
-            inputs.append(InferInput(name, datatype, array, offset))
+            inputs.append(InferInput(name, datatype, array))
+            offsets.append(offset)
             offset = end
         elif "data" in raw:
             array = _from_json(name, datatype, shape, count, raw["data"])
             inputs.append(InferInput(name, datatype, array))
+            offsets.append(None)
         else:
             raise InvalidRequest(f"input '{name}' has neither 'data' nor binary_data_size")
     if offset != size:
@@ -268,7 +267,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = header.get("id")
     if request_id is not None and type(request_id) is not str:
         raise InvalidRequest(f"'id' must be a string, got {type(request_id).__name__}")
-    return InferRequest(inputs, outputs, request_id, parameters, binary_output)
+    return InferRequest(inputs, outputs, request_id, parameters, binary_output), offsets
 
 
 def _check_reserved(parameters: dict[str, Any]) -> None:
@@ -404,13 +403,10 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-def encode_response(
-    model_name: str,
-    model_version: int,
-    request: InferRequest,
-    results: Mapping[str, np.ndarray],
-) -> tuple[bytes, int | None]:
+def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length."""
+    request = response.request
+    results = response.outputs
     if request.outputs is None:
         binary = request.binary_output
         wanted: Any = ((name, binary) for name in results)
@@ -441,20 +437,14 @@ def encode_response(
                     "data": _to_json(array, datatype),
                 }
             )
-    if request.id is None:
-        response = {
-            "model_name": model_name,
-            "model_version": str(model_version),
-            "outputs": entries,
-        }
-    else:
-        response = {
-            "model_name": model_name,
-            "model_version": str(model_version),
-            "id": request.id,
-            "outputs": entries,
-        }
-    header = orjson.dumps(response, option=_JSON_OPTIONS)
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if request.id is not None:
+        body["id"] = request.id
+    body["outputs"] = entries
+    header = orjson.dumps(body, option=_JSON_OPTIONS)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

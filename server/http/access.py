@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .errors import CinferError
-from .guard import MAX_CACHED, Guard, Need, UnknownToken
+from ..auth.guard import MAX_CACHED, Guard, Need, UnknownToken
+from ..errors import CinferError
 from .infer import STATUS_KEY, Receive, Scope, Send, match, send_error
 
 ANY = Need(())

@@ -10,18 +10,16 @@ DataPlane, encode, send.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
-from . import protocol
-from .dataplane import DataPlane
-from .errors import CinferError, PayloadTooLarge
-from .metrics import failure_reason
+from ..dataplane import DataPlane
+from ..errors import CinferError, PayloadTooLarge
+from ..inference import InferResponse
+from . import codec
 
 log = logging.getLogger("cinfer")
 
@@ -35,6 +33,9 @@ STATUS_KEY = "cinfer.status"
 
 SCOPE_KEY = "cinfer.infer"
 """Set in the ASGI scope after a successful infer: (model, version, rows), for the access log."""
+
+ENCODING_KEY = "cinfer.encoding"
+"""Set in the ASGI scope when the answer was compressed: the Content-Encoding used."""
 
 JSON = b"application/json"
 BINARY = b"application/octet-stream"
@@ -65,6 +66,7 @@ class InferEndpoint:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
         self.dataplane = dataplane
         self.limit = max_request_bytes
+        self.decoder = codec.Decoder()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = match(scope["path"])
@@ -74,8 +76,6 @@ class InferEndpoint:
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
-        start = time.perf_counter_ns()
-        found = None
         length = encoding = header_length = accept = None
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -86,48 +86,41 @@ class InferEndpoint:
                 encoding = value.decode("latin-1").strip().lower()
             elif key == b"accept-encoding":
                 accept = value.decode("latin-1")
+        decoder = self.decoder
+
+        def encode(response: InferResponse) -> tuple[bytes, int | None]:
+            scope[SCOPE_KEY] = (response.model_name, int(response.model_version), response.rows)
+            payload, json_length = codec.encode_response(response)
+            if accept:
+                payload, used = codec.compress(payload, accept)
+                scope[ENCODING_KEY] = used
+            return payload, json_length
+
         try:
             body = await self._read_body(receive, length)
             if encoding:
-                body = protocol.decompress(body, encoding, self.limit)
-            found, pool = self.dataplane.serving(model, version)
-            request, results, rows = await self.dataplane.infer_body(
-                found, pool, body, header_length
-            )
-            payload, json_length = protocol.encode_response(
-                found.name, found.version, request, results
+                body = codec.decompress(body, encoding, self.limit)
+            payload, json_length = await self.dataplane.exchange(
+                model, version, lambda: decoder.decode(body, header_length), encode
             )
         except CinferError as exc:
-            if found is not None:
-                found.requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
             scope[STATUS_KEY] = exc.status_code
             await send_error(send, exc.status_code, exc.message, exc.headers)
             return
         except ClientDisconnected:
             return
-        except asyncio.CancelledError:
-            if found is not None:
-                found.requests.failed("CANCELED", time.perf_counter_ns() - start)
-            raise
         except Exception as exc:  # nothing a client sends may crash the server
             log.error("infer on model %s failed unexpectedly", model, exc_info=exc)
-            if found is not None:
-                found.requests.failed("BACKEND", time.perf_counter_ns() - start)
             scope[STATUS_KEY] = 500
-            await send_error(send, 500, "internal server error (see the server log)", None)
+            await send_error(send, 500, "internal server error (see the server log)")
             return
-        # Counted before the response leaves: a client reading the statistics after its
-        # response finds its request in them.
-        found.requests.succeeded(time.perf_counter_ns() - start)
-        scope[SCOPE_KEY] = (found.name, found.version, rows)
         scope[STATUS_KEY] = 200
         headers = [(b"content-type", JSON if json_length is None else BINARY)]
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))
-        if accept:
-            payload, used = protocol.compress(payload, accept)
-            if used:
-                headers.append((b"content-encoding", used.encode()))
+        used = scope.get(ENCODING_KEY)
+        if used:
+            headers.append((b"content-encoding", used.encode()))
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 Clock = Callable[[], float]
 """Seconds since the epoch, `time.time`; injected so expiry, rates and months are testable."""

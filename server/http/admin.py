@@ -27,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import InvalidRequest, PayloadTooLarge
-from .guard import Guard
-from .tokens import Token, TokenPatch, TokenSpec, validate
+from ..auth.guard import Guard
+from ..auth.tokens import Token, TokenPatch, TokenSpec, validate
+from ..errors import InvalidRequest, PayloadTooLarge
 
 MAX_BODY = 64 * 1024
 DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")

@@ -1,0 +1,1 @@
+"""The HTTP front door: KServe v2 REST, the Triton extensions, token management, docs."""
