@@ -7,18 +7,13 @@ Both config.toml and every model.toml go through `parse()`, so a typo anywhere r
 from __future__ import annotations
 
 import re
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 M = TypeVar("M", bound=BaseModel)
 

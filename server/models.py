@@ -29,7 +29,7 @@ from .scheduler import Completions, InstancePool, InstanceStats
 log = logging.getLogger("cinfer")
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     UNKNOWN = "UNKNOWN"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"

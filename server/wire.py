@@ -1,13 +1,16 @@
-"""KServe v2 JSON bodies as pydantic models: the OpenAPI document is generated from these.
+"""The API's shapes, declared once: what the DataPlane answers and what OpenAPI documents.
 
-The infer hot path does not validate through pydantic (protocol.py decodes with orjson and
-numpy, and checks against each model's own schema); these models describe the same shapes for
-documentation, and validate the small bodies of the repository endpoints.
+Answers (metadata, Triton's model configuration, statistics, the repository index) are
+TypedDicts: the DataPlane builds them as plain dicts at no cost, mypy checks them, and the
+OpenAPI document takes their JSON schema from pydantic's TypeAdapter. Request bodies are
+pydantic models with ``extra="forbid"``; the infer hot path does not validate through pydantic
+(http/codec.py decodes with orjson and numpy, and the DataPlane checks against each model's
+own schema), so `InferenceRequest` and `InferenceResponse` only document the REST JSON form.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,3 +102,144 @@ class RepositoryIndexEntry(Wire):
 
 class RepositoryLoadRequest(Wire):
     parameters: dict[str, Any] | None = None
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+class Live(TypedDict):
+    live: bool
+
+
+class Ready(TypedDict):
+    ready: bool
+
+
+class ModelReady(TypedDict):
+    name: str
+    ready: bool
+
+
+class ServerMetadataAnswer(TypedDict):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Tensor(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataAnswer(TypedDict):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    state: str
+    reason: NotRequired[str]
+
+
+class ConfigInput(TypedDict):
+    name: str
+    data_type: str
+    format: str
+    dims: list[int]
+    is_shape_tensor: bool
+    allow_ragged_batch: bool
+    optional: bool
+
+
+class ConfigOutput(TypedDict):
+    name: str
+    data_type: str
+    dims: list[int]
+    label_filename: str
+    is_shape_tensor: bool
+
+
+class InstanceGroup(TypedDict):
+    name: str
+    kind: str
+    count: int
+    gpus: list[int]
+
+
+class QueuePolicy(TypedDict):
+    timeout_action: str
+    default_timeout_microseconds: int
+    allow_timeout_override: bool
+    max_queue_size: int
+
+
+class DynamicBatching(TypedDict):
+    preferred_batch_size: list[int]
+    max_queue_delay_microseconds: int
+    preserve_ordering: bool
+    default_queue_policy: QueuePolicy
+
+
+class ModelConfigAnswer(TypedDict):
+    """Triton's ModelConfig as JSON (perf_analyzer and tritonclient read it)."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[ConfigInput]
+    output: list[ConfigOutput]
+    instance_group: list[InstanceGroup]
+    default_model_filename: str
+    parameters: dict[str, dict[str, str]]
+    model_transaction_policy: dict[str, bool]
+    description: NotRequired[str]
+    dynamic_batching: NotRequired[DynamicBatching]
+
+
+class Duration(TypedDict):
+    count: int
+    ns: int
+
+
+class InferenceStatistics(TypedDict):
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+    cache_hit: Duration
+    cache_miss: Duration
+
+
+class BatchStatistics(TypedDict):
+    batch_size: int
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class ModelStatistics(TypedDict):
+    """One entry of Triton's statistics extension."""
+
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: InferenceStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class StatisticsAnswer(TypedDict):
+    model_stats: list[ModelStatistics]
+
+
+class IndexEntry(TypedDict):
+    name: str
+    version: NotRequired[str]
+    state: str
+    reason: str

@@ -197,7 +197,7 @@ def test_what_each_path_needs(
     if scopes is None:
         assert need is None
     else:
-        assert need is not None and (need.scopes, need.model, need.version) == (
+        assert need is not None and (need.permissions, need.model, need.version) == (
             scopes,
             model,
             version,

@@ -66,7 +66,7 @@ async def test_create_find_update_and_delete(path: Path) -> None:
         assert (await db.find(token.id)).name == "ci"
         changed = await db.update("ci", TokenPatch(remark="nightly", models=[], rate_limit=5))
         assert (changed.remark, changed.models, changed.rate_limit) == ("nightly", (), 5)
-        assert changed.scopes == frozenset({"infer", "read"})  # untouched
+        assert changed.permissions == frozenset({"infer", "read"})  # untouched
         assert (await db.extend(token.id, "never")).expires_at is None
         assert (await db.set_status("ci", "paused")).status == "paused"
         assert (await db.set_status("ci", "active")).status == "active"

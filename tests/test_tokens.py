@@ -99,7 +99,7 @@ def test_spec_normalises_lists() -> None:
         ips=["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1", "10.1.2.3/32"],
     )
     assert spec.name == "café-ünï.1"
-    assert spec.scopes == ["infer", "admin"]
+    assert spec.permissions == ["infer", "admin"]
     assert spec.models == ["resnet*", "iris"]
     assert spec.ips == ["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1"]
 

@@ -4,7 +4,7 @@ A `Grant` is one token's live state (its rules, rate bucket and uncounted reques
 `Guard` holds them all, answers `identify()` and `admit()` for each request without touching
 SQLite, and every 0.5 s (`sync()`) writes the counts and usage log rows in one transaction,
 reloads the tokens when another process (the CLI) changed the file (``PRAGMA data_version``),
-and prunes the log. auth.py is the HTTP side. See issue 5 and docs/auth.md.
+and prunes the log. Reading credentials out of HTTP requests is http/access.py's job. See issue 5 and docs/auth.md.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from hmac import compare_digest
 
-from ..errors import CinferError, Forbidden, InvalidRequest, TooManyRequests, Unauthorized
-from ..http.infer import Scope
+from cachetools import LRUCache
+
+from ..errors import CinferError, Forbidden, TooManyRequests, Unauthorized
 from ..settings import AuthSettings
 from .store import Database, LogRow, UsageCount
 from .tokens import (
@@ -39,27 +40,28 @@ from .tokens import (
 log = logging.getLogger("cinfer")
 
 MAX_CACHED = 4096
+"""Entries per in-memory cache (verified tokens, model and address decisions), least
+recently used dropped first."""
+MAX_LOG_ROWS = 500_000
+"""Usage log rows held while the database cannot be written; later ones are dropped."""
 
 
 class UnknownToken(Unauthorized):
     """A well-formed token that no loaded token matches (yet: see Guard.catch_up)."""
 
 
-"""Entries per in-memory cache (verified headers, model and address decisions) before reset."""
-MAX_LOG_ROWS = 500_000
-"""Usage log rows held while the database cannot be written; later ones are dropped."""
-
-
 @dataclass(frozen=True, slots=True)
 class Need:
-    """What a request needs: a valid token with one of `scopes` (none: any valid token), and
-    `model` allowed when set."""
+    """What a request needs: a valid token with one of `permissions` (none: any valid token),
+    and `model` allowed when set."""
 
-    scopes: tuple[str, ...]
+    permissions: tuple[str, ...]
+    target: str = ""
+    """What the request does, for messages: ``GET /v2/models/iris/config``."""
     model: str | None = None
     version: str | None = None
     infer: bool = False
-    """The infer hot path: it reports its status in the scope (infer.STATUS_KEY)."""
+    """An inference: the door reports the status itself, the usage log counts it."""
 
 
 class Grant:
@@ -82,7 +84,7 @@ class Grant:
         "pending",
         "quota",
         "rate",
-        "scopes",
+        "permissions",
         "stamp",
         "token",
         "used",
@@ -94,11 +96,11 @@ class Grant:
         self.name = token.name
         self.active = token.status == "active"
         self.expires_at = token.expires_at
-        self.scopes = token.scopes
+        self.permissions = token.permissions
         self.networks: tuple[Network, ...] = tuple(parse_network(ip) for ip in token.ips)
         self.patterns = token.models
-        self.model_ok: dict[str, bool] = {}
-        self.address_ok: dict[str, bool] = {}
+        self.model_ok: LRUCache[str, bool] = LRUCache(MAX_CACHED)
+        self.address_ok: LRUCache[str, bool] = LRUCache(MAX_CACHED)
         self.capacity = float(token.rate_limit)
         self.rate = token.rate_limit / 60.0
         self.bucket = self.capacity
@@ -117,8 +119,6 @@ class Grant:
         allowed = self.model_ok.get(model)
         if allowed is None:
             allowed = any(fnmatchcase(model, pattern) for pattern in self.patterns)
-            if len(self.model_ok) >= MAX_CACHED:
-                self.model_ok.clear()
             self.model_ok[model] = allowed
         return allowed
 
@@ -126,8 +126,6 @@ class Grant:
         allowed = self.address_ok.get(address)
         if allowed is None:
             allowed = contains(self.networks, address)
-            if len(self.address_ok) >= MAX_CACHED:
-                self.address_ok.clear()
             self.address_ok[address] = allowed
         return allowed
 
@@ -163,10 +161,8 @@ class Guard:
         self.interval = interval
         self.public_metadata = settings.public_metadata
         self.logging = settings.log_retention_days > 0
-        self._proxies = tuple(parse_network(p) for p in settings.trusted_proxies)
-        self._proxy_ok: dict[str, bool] = {}
         self._grants: dict[str, Grant] = {}
-        self._verified: dict[bytes, str] = {}
+        self._verified: LRUCache[str, str] = LRUCache(MAX_CACHED)
         self._log: list[LogRow] = []
         self._dropped = 0
         self._carry: list[UsageCount] = []
@@ -370,25 +366,8 @@ class Guard:
 
     # -- per request ----------------------------------------------------------------------
 
-    def credentials(self, scope: Scope) -> tuple[bytes | None, str]:
-        """The ``Authorization`` value and the client's address (from ``X-Forwarded-For``
-        only when the peer is a trusted proxy)."""
-        credentials = forwarded = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                if credentials is not None:
-                    raise Unauthorized("more than one Authorization header")
-                credentials = value
-            elif key == b"x-forwarded-for":
-                forwarded = value if forwarded is None else forwarded + b"," + value
-        client = scope.get("client")
-        address = client[0] if client else ""
-        if forwarded is not None and self._proxies and self._is_proxy(address):
-            address = self._forwarded_client(forwarded, address)
-        return credentials, address
-
-    def identify(self, credentials: bytes | None) -> Grant:
-        """The token an ``Authorization: Bearer`` value names, or 401."""
+    def identify(self, credentials: str | None) -> Grant:
+        """The token a request presents (the bearer token, without its scheme), or 401."""
         if credentials is None:
             raise Unauthorized(
                 "this endpoint needs an API token: send 'Authorization: Bearer cinfer_...'",
@@ -402,22 +381,17 @@ class Guard:
             del self._verified[credentials]  # deleted since
         return self._verify(credentials)
 
-    def _verify(self, credentials: bytes) -> Grant:
-        scheme, _, value = credentials.partition(b" ")
-        if scheme.lower() != b"bearer":
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-        parts = split(value.strip().decode("latin-1")) if len(value) < 256 else None
+    def _verify(self, credentials: str) -> Grant:
+        parts = split(credentials) if len(credentials) < 256 else None
         if parts is None:
             raise Unauthorized("malformed API token: expected cinfer_<12 hex digits>_<secret>")
         grant = self._grants.get(parts[0])
         if grant is None or not compare_digest(hash_secret(parts[1]), grant.token.secret_hash):
             raise UnknownToken("unknown API token")
-        if len(self._verified) >= MAX_CACHED:
-            self._verified.clear()
         self._verified[credentials] = grant.id
         return grant
 
-    def admit(self, grant: Grant, need: Need, address: str, now: float, scope: Scope) -> None:
+    def admit(self, grant: Grant, need: Need, address: str, now: float) -> None:
         """Let one request through `grant` at `now`, or raise the 401/403/429 that says why."""
         if not grant.active:
             verb = "was revoked" if grant.token.status == "revoked" else "is paused"
@@ -426,14 +400,14 @@ class Guard:
             raise Unauthorized(f"API token {grant.name!r} expired at {iso(grant.expires_at)}")
         if grant.networks and not grant.allows_address(address):
             raise Forbidden(f"API token {grant.name!r} may not be used from address {address}")
-        if need.scopes:
-            for wanted in need.scopes:
-                if wanted in grant.scopes:
+        if need.permissions:
+            for wanted in need.permissions:
+                if wanted in grant.permissions:
                     break
             else:
                 raise Forbidden(
-                    f"API token {grant.name!r} lacks the {' or '.join(need.scopes)} scope "
-                    f"needed for {scope['method']} {scope['path']}"
+                    f"API token {grant.name!r} lacks the {' or '.join(need.permissions)} scope "
+                    f"needed for {need.target}"
                     + (f" (model {need.model!r})" if need.model is not None else "")
                 )
         if need.model is not None and grant.patterns and not grant.allows_model(need.model):
@@ -472,30 +446,3 @@ class Guard:
             self._log.append(row)
         else:
             self._dropped += 1
-
-    def _is_proxy(self, address: str) -> bool:
-        trusted = self._proxy_ok.get(address)
-        if trusted is None:
-            trusted = contains(self._proxies, address)
-            if len(self._proxy_ok) >= MAX_CACHED:
-                self._proxy_ok.clear()
-            self._proxy_ok[address] = trusted
-        return trusted
-
-    def _forwarded_client(self, forwarded: bytes, peer: str) -> str:
-        """The right-most ``X-Forwarded-For`` entry that is not a trusted proxy: the address
-        the last trusted proxy saw (entries left of it are whatever the client claimed)."""
-        address = peer
-        for hop in reversed(forwarded.decode("latin-1").split(",")):
-            hop = hop.strip()
-            if not hop:
-                continue
-            parsed = parse_address(hop)
-            if parsed is None:
-                raise InvalidRequest(
-                    f"X-Forwarded-For entry {hop[:64]!r} from proxy {peer} is not an IP address"
-                )
-            address = str(parsed)
-            if not self._is_proxy(address):
-                return address
-        return address

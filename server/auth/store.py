@@ -214,7 +214,7 @@ class Database:
             created_at=now,
             expires_at=expires_at,
             status="active",
-            scopes=frozenset(spec.scopes),
+            permissions=frozenset(spec.permissions),
             models=tuple(spec.models),
             ips=tuple(spec.ips),
             rate_limit=spec.rate_limit,
@@ -248,8 +248,8 @@ class Database:
             value = getattr(patch, key)
             if key in fields and value is not None:
                 setattr(token, key, value)
-        if "scopes" in fields and patch.scopes is not None:
-            token.scopes = frozenset(patch.scopes)
+        if "permissions" in fields and patch.permissions is not None:
+            token.permissions = frozenset(patch.permissions)
         if "models" in fields and patch.models is not None:
             token.models = tuple(patch.models)
         if "ips" in fields and patch.ips is not None:
@@ -436,7 +436,7 @@ def _row(token: Token) -> tuple[Any, ...]:
         token.created_at,
         token.expires_at,
         token.status,
-        json.dumps(sorted(token.scopes)),
+        json.dumps(sorted(token.permissions)),
         json.dumps(list(token.models)),
         json.dumps(list(token.ips)),
         token.rate_limit,
@@ -456,7 +456,7 @@ def _token(row: Sequence[Any]) -> Token:
         created_at=row[4],
         expires_at=row[5],
         status=row[6],
-        scopes=frozenset(json.loads(row[7])),
+        permissions=frozenset(json.loads(row[7])),
         models=tuple(json.loads(row[8])),
         ips=tuple(json.loads(row[9])),
         rate_limit=row[10],

@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -30,9 +30,9 @@ from ..errors import InvalidRequest
 Clock = Callable[[], float]
 """Seconds since the epoch, `time.time`; injected so expiry, rates and months are testable."""
 
-Scope = Literal["infer", "read", "admin"]
+Permission = Literal["infer", "read", "admin"]
 Status = Literal["active", "paused", "revoked"]
-SCOPES: tuple[Scope, ...] = ("infer", "read", "admin")
+PERMISSIONS: tuple[Permission, ...] = ("infer", "read", "admin")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PREFIX = "cinfer_"
@@ -75,13 +75,13 @@ def iso(timestamp: float | None) -> str | None:
     """``2026-11-30T23:59:59Z``, the form every API and CLI output uses."""
     if timestamp is None:
         return None
-    moment = datetime.fromtimestamp(timestamp, timezone.utc).replace(microsecond=0)
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def month_of(now: float) -> tuple[str, float, float]:
     """The UTC calendar month holding `now`: (``"2026-11"``, its start, the next month's start)."""
-    day = datetime.fromtimestamp(now, timezone.utc)
+    day = datetime.fromtimestamp(now, UTC)
     start = calendar.timegm((day.year, day.month, 1, 0, 0, 0))
     year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
     end = calendar.timegm((year, month, 1, 0, 0, 0))
@@ -106,12 +106,12 @@ def parse_expiry(text: str, now: float) -> float | None:
         return now + count * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            moment = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+            moment = datetime.fromisoformat(value).replace(tzinfo=UTC)
             moment += timedelta(days=1)
         else:
             moment = datetime.fromisoformat(value)
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=timezone.utc)
+                moment = moment.replace(tzinfo=UTC)
     except ValueError as exc:
         raise InvalidRequest(
             f"expiry {text!r} is not a date (2027-01-31), a date and time "
@@ -209,28 +209,29 @@ def _networks(values: list[str]) -> list[str]:
     return out
 
 
-def _scopes(values: list[Scope]) -> list[Scope]:
+def _permissions(values: list[Permission]) -> list[Permission]:
     if not values:
-        raise ValueError(f"at least one scope is needed ({', '.join(SCOPES)})")
-    return [s for s in SCOPES if s in values]
+        raise ValueError(f"at least one scope is needed ({', '.join(PERMISSIONS)})")
+    return [s for s in PERMISSIONS if s in values]
 
 
 Name = Annotated[str, AfterValidator(_name)]
 Remark = Annotated[str, AfterValidator(_remark)]
 Globs = Annotated[list[str], Field(max_length=MAX_LIST), AfterValidator(_globs)]
 Networks = Annotated[list[str], Field(max_length=MAX_LIST), AfterValidator(_networks)]
-Scopes = Annotated[list[Scope], AfterValidator(_scopes)]
+Permissions = Annotated[list[Permission], AfterValidator(_permissions)]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
 class TokenSpec(BaseModel):
     """What `cinfer tokens create` and ``POST /admin/tokens`` take."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: Name
     remark: Remark = ""
-    scopes: Scopes = ["infer"]
+    permissions: Permissions = Field(["infer"], alias="scopes")
+    """What the token may do: infer, read, admin (``scopes`` in the API and the CLI)."""
     models: Globs = []
     """Model names or glob patterns (``resnet*``) the token may use; empty: every model."""
     ips: Networks = []
@@ -246,11 +247,11 @@ class TokenSpec(BaseModel):
 class TokenPatch(BaseModel):
     """What ``PATCH /admin/tokens/{ref}`` and `cinfer tokens update` change; absent: kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: Name | None = None
     remark: Remark | None = None
-    scopes: Scopes | None = None
+    permissions: Permissions | None = Field(None, alias="scopes")
     models: Globs | None = None
     ips: Networks | None = None
     rate_limit: Count | None = None
@@ -289,7 +290,7 @@ class Token:
     created_at: float = 0.0
     expires_at: float | None = None
     status: Status = "active"
-    scopes: frozenset[str] = frozenset({"infer"})
+    permissions: frozenset[str] = frozenset({"infer"})
     models: tuple[str, ...] = ()
     ips: tuple[str, ...] = ()
     rate_limit: int = 0
@@ -314,7 +315,7 @@ class Token:
             "expired": self.expires_at is not None and now >= self.expires_at,
             "created_at": iso(self.created_at),
             "expires_at": iso(self.expires_at),
-            "scopes": sorted(self.scopes, key=SCOPES.index),
+            "scopes": sorted(self.permissions, key=PERMISSIONS.index),
             "models": list(self.models),
             "ips": list(self.ips),
             "rate_limit": self.rate_limit,

@@ -12,11 +12,15 @@ request's path. Issue 5 and docs/auth.md describe the rules.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
+from cachetools import LRUCache
+
 from ..auth.guard import MAX_CACHED, Guard, Need, UnknownToken
-from ..errors import CinferError
+from ..auth.tokens import contains, parse_address, parse_network
+from ..errors import CinferError, InvalidRequest, Unauthorized
 from .infer import STATUS_KEY, Receive, Scope, Send, match, send_error
 
 ANY = Need(())
@@ -28,7 +32,7 @@ def requirement(path: str, public_metadata: bool) -> Need | None:
     """What a request to `path` needs; None when it is public. Unknown paths need a token."""
     target = match(path)
     if target is not None:
-        return Need(("infer",), target[0], target[1], infer=True)
+        return Need(("infer",), "", target[0], target[1], infer=True)
     parts = path.split("/")
     first = parts[1] if len(parts) > 1 else ""
     if first == "v2":
@@ -56,11 +60,11 @@ def _model_requirement(parts: list[str], public_metadata: bool) -> Need | None:
     if len(rest) >= 2 and rest[0] == "versions":
         version, rest = rest[1], rest[2:]
     if rest in ([], ["config"], ["stats"]):
-        return None if public_metadata else Need(("read",), model, version)
+        return None if public_metadata else Need(("read",), "", model, version)
     if rest == ["ready"]:  # asked by clients about to infer: either scope will do
-        return None if public_metadata else Need(("read", "infer"), model, version)
+        return None if public_metadata else Need(("read", "infer"), "", model, version)
     if rest == ["infer"]:
-        return Need(("infer",), model, version)
+        return Need(("infer",), "", model, version)
     return ANY
 
 
@@ -78,6 +82,55 @@ class AuthMiddleware:
         """Refused requests by status (the cinfer_auth_rejections metric)."""
         self._needs: dict[str, Need | None] = {}
         """requirement() per path seen: the infer path of a model is parsed once."""
+        self._proxies = tuple(parse_network(p) for p in guard.settings.trusted_proxies)
+        self._proxy_ok: LRUCache[str, bool] = LRUCache(MAX_CACHED)
+
+    def credentials(self, scope: Scope) -> tuple[str | None, str]:
+        """The bearer token a request presents and the client's address (from
+        ``X-Forwarded-For`` only when the peer is a trusted proxy)."""
+        authorization = forwarded = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                if authorization is not None:
+                    raise Unauthorized("more than one Authorization header")
+                authorization = value
+            elif key == b"x-forwarded-for":
+                forwarded = value if forwarded is None else forwarded + b"," + value
+        client = scope.get("client")
+        address = client[0] if client else ""
+        if forwarded is not None and self._proxies and self._is_proxy(address):
+            address = self._forwarded_client(forwarded, address)
+        if authorization is None:
+            return None, address
+        scheme, _, value = authorization.partition(b" ")
+        if scheme.lower() != b"bearer":
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        return value.strip().decode("latin-1"), address
+
+    def _is_proxy(self, address: str) -> bool:
+        trusted = self._proxy_ok.get(address)
+        if trusted is None:
+            trusted = contains(self._proxies, address)
+            self._proxy_ok[address] = trusted
+        return trusted
+
+    def _forwarded_client(self, forwarded: bytes, peer: str) -> str:
+        """The right-most ``X-Forwarded-For`` entry that is not a trusted proxy: the address
+        the last trusted proxy saw (entries left of it are whatever the client claimed)."""
+        address = peer
+        for hop in reversed(forwarded.decode("latin-1").split(",")):
+            hop = hop.strip()
+            if not hop:
+                continue
+            parsed = parse_address(hop)
+            if parsed is None:
+                raise InvalidRequest(
+                    f"X-Forwarded-For entry {hop[:64]!r} from proxy {peer} is not an IP address"
+                )
+            address = str(parsed)
+            if not self._is_proxy(address):
+                return address
+        return address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -105,13 +158,15 @@ class AuthMiddleware:
         address = client[0] if client else ""
         grant = None
         try:
-            credentials, address = guard.credentials(scope)
+            credentials, address = self.credentials(scope)
             try:
                 grant = guard.identify(credentials)
             except UnknownToken:
                 await guard.catch_up()  # a token made by the CLI a moment ago
                 grant = guard.identify(credentials)
-            guard.admit(grant, need, address, now, scope)
+            if not need.target:
+                need = dataclasses.replace(need, target=f"{scope['method']} {path}")
+            guard.admit(grant, need, address, now)
         except CinferError as exc:
             if guard.logging:
                 guard.record(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
