@@ -18,7 +18,7 @@ import pytest
 
 from tests import onnx_models
 from tests.live import ROOT, live_server, server_log
-from tests.test_auth import INFER, TINY
+from tests.auth.test_guard import INFER, TINY
 
 
 @pytest.fixture

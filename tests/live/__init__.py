@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
 
