@@ -10,9 +10,10 @@ own schema), so `InferenceRequest` and `InferenceResponse` only document the RES
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from .datatypes import Datatype
 

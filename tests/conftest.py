@@ -52,7 +52,7 @@ async def running_app(
     settings = settings or Settings()
     dataplane = DataPlane(Reconciler(root), settings.repository.mode, settings.repository.settle_ms)
     app = create_app(settings, dataplane)
-    async with app.router.lifespan_context(app):
+    async with app.running():
         await dataplane.wait_ready()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

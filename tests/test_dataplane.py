@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from server.dataplane import DataPlane
@@ -30,3 +31,94 @@ def test_instance_group_follows_the_device_the_engine_resolved(
     reconciler.models["m"] = Model("m", versions={1: version})
     group = DataPlane(reconciler).model_config("m", None)["instance_group"]
     assert group == [{"name": "m", "kind": kind, "count": 2, "gpus": gpus}]
+
+
+# -- the DataPlane with no transport at all -----------------------------------------------------
+
+ADD_SUB = """engine = "onnxruntime"
+max_batch_size = 8
+
+[[inputs]]
+name = "A"
+datatype = "FP32"
+shape = [4]
+
+[[inputs]]
+name = "B"
+datatype = "FP32"
+shape = [4]
+
+[[outputs]]
+name = "SUM"
+datatype = "FP32"
+shape = [4]
+
+[[outputs]]
+name = "DIFF"
+datatype = "FP32"
+shape = [4]
+"""
+
+
+@pytest.mark.anyio
+async def test_the_dataplane_infers_checks_and_counts_without_any_transport(
+    tmp_path: Path,
+) -> None:
+    from server.errors import InvalidRequest, NotFound
+    from server.inference import InferInput, InferRequest, RequestedOutput
+    from tests import onnx_models
+
+    root = tmp_path / "models"
+    onnx_models.model_folder(
+        root, "add_sub", ADD_SUB, {1: onnx_models.add_sub(tmp_path / "built" / "model.onnx")}
+    )
+    dataplane = DataPlane(Reconciler(root), "startup", 50)
+    await dataplane.start()
+    try:
+        await dataplane.wait_ready()
+        a = np.arange(8, dtype=np.float32).reshape(2, 4)
+        b = np.ones((2, 4), dtype=np.float32)
+        request = InferRequest(
+            [InferInput("A", "FP32", a), InferInput("B", "FP32", b)],
+            outputs=[RequestedOutput("DIFF")],
+            id="r1",
+            model_name="add_sub",
+        )
+        response = await dataplane.infer("add_sub", None, request)
+        assert (response.model_name, response.model_version, response.id) == ("add_sub", "1", "r1")
+        assert list(response.outputs) == ["DIFF"] and response.rows == 2
+        np.testing.assert_array_equal(response.outputs["DIFF"], a - b)
+        streamed = [r async for r in dataplane.stream("add_sub", "1", request)]
+        assert len(streamed) == 1
+        np.testing.assert_array_equal(streamed[0].outputs["DIFF"], a - b)
+
+        wrong = InferRequest([InferInput("A", "FP32", a[:, :3]), InferInput("B", "FP32", b)])
+        with pytest.raises(InvalidRequest, match="input 'A'"):
+            await dataplane.infer("add_sub", None, wrong)
+        elsewhere = InferRequest(request.inputs, model_name="other")
+        with pytest.raises(InvalidRequest, match="model_name 'other'.*'add_sub'"):
+            await dataplane.infer("add_sub", None, elsewhere)
+        with pytest.raises(NotFound):
+            await dataplane.infer("ghost", None, request)
+
+        stats = dataplane.model_statistics("add_sub", None)["model_stats"][0]
+        inference = stats["inference_stats"]
+        assert inference["success"]["count"] == 2 and inference["fail"]["count"] == 2
+        assert stats["inference_count"] == 4  # rows, as Triton counts them
+    finally:
+        await dataplane.stop()
+
+
+def test_the_core_imports_no_transport() -> None:
+    """DataPlane, models, scheduler, reconciler and the token core load without HTTP."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, server.dataplane, server.auth.guard, server.auth.store\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn')"
+        " or m.startswith('server.http'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

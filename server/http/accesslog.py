@@ -14,7 +14,7 @@ import uuid
 
 import orjson
 
-from .infer import SCOPE_KEY, Message, Receive, Scope, Send
+from .asgi import SCOPE_KEY, Message, Receive, Scope, Send
 
 log = logging.getLogger("cinfer.access")
 

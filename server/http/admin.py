@@ -1,4 +1,4 @@
-"""``/admin``: token management and usage over REST, the `admin` scope's API.
+"""``/admin``: token management and usage over REST, the `admin` permission's API.
 
     POST   /admin/tokens                     create; the response holds the token, once
     GET    /admin/tokens                     list (never a secret)
@@ -11,8 +11,8 @@
     GET    /admin/usage?since=&until=&token=&model=
                                              requests and errors per token, model and UTC day
 
-The same operations as `cinfer tokens` (cli.py), over the same Database; a change made here is
-in force for the next request (the Guard reloads at once).
+The same operations as `cinfer tokens` (cli/tokens.py), over the same Database; a change made
+here is in force for the next request (the Guard reloads at once).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..auth.guard import Guard
 from ..auth.tokens import Token, TokenPatch, TokenSpec, validate
 from ..errors import InvalidRequest, PayloadTooLarge
+from .routes import Access, Route
 
 MAX_BODY = 64 * 1024
 DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
@@ -37,89 +37,114 @@ DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def routes(guard: Guard) -> list[Route]:
-    database = guard.database
+class Admin:
+    """The /admin routes over the guard's database (`admin` permission)."""
 
-    def token_json(token: Token, status: int = 200, plaintext: str | None = None) -> Response:
-        body = guard.current(token).public(guard.clock())
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.database = guard.database
+
+    def _token(self, token: Token, status: int = 200, plaintext: str | None = None) -> Response:
+        body = self.guard.current(token).public(self.guard.clock())
         if plaintext is not None:
             body = {"token": plaintext, **body}
         return _json(body, status)
 
-    async def create(request: Request) -> Response:
+    async def create(self, request: Request) -> Response:
         spec = validate(TokenSpec, await _body(request), "token")
-        token, plaintext = await database.create(spec)
-        await guard.reload()
-        return token_json(token, 201, plaintext)
+        token, plaintext = await self.database.create(spec)
+        await self.guard.reload()
+        return self._token(token, 201, plaintext)
 
-    async def list_tokens(request: Request) -> Response:
-        now = guard.clock()
-        tokens = await database.tokens()
-        return _json({"tokens": [guard.current(t).public(now) for t in tokens]})
+    async def list(self, request: Request) -> Response:
+        now = self.guard.clock()
+        tokens = await self.database.tokens()
+        return _json({"tokens": [self.guard.current(t).public(now) for t in tokens]})
 
-    async def show(request: Request) -> Response:
-        return token_json(await database.find(request.path_params["ref"]))
+    async def show(self, request: Request) -> Response:
+        return self._token(await self.database.find(request.path_params["ref"]))
 
-    async def patch(request: Request) -> Response:
+    async def patch(self, request: Request) -> Response:
         changes = validate(TokenPatch, await _body(request), "token change")
-        token = await database.update(request.path_params["ref"], changes)
-        await guard.reload()
-        return token_json(token)
+        token = await self.database.update(request.path_params["ref"], changes)
+        await self.guard.reload()
+        return self._token(token)
 
-    async def delete(request: Request) -> Response:
-        token = await database.delete(request.path_params["ref"])
-        await guard.reload()
+    async def delete(self, request: Request) -> Response:
+        token = await self.database.delete(request.path_params["ref"])
+        await self.guard.reload()
         return _json({"deleted": token.id, "name": token.name})
 
-    def status_change(status: Any) -> Endpoint:
+    def _status_change(self, status: Any) -> Endpoint:
         async def change(request: Request) -> Response:
-            token = await database.set_status(request.path_params["ref"], status)
-            await guard.reload()
-            return token_json(token)
+            token = await self.database.set_status(request.path_params["ref"], status)
+            await self.guard.reload()
+            return self._token(token)
 
         return change
 
-    async def reset_usage(request: Request) -> Response:
-        return token_json(await guard.reset_usage(request.path_params["ref"]))
+    async def reset_usage(self, request: Request) -> Response:
+        return self._token(await self.guard.reset_usage(request.path_params["ref"]))
 
-    async def extend(request: Request) -> Response:
+    async def extend(self, request: Request) -> Response:
         body = await _body(request)
         expires = body.get("expires")
         if set(body) != {"expires"} or not isinstance(expires, str):
             raise InvalidRequest('extend takes {"expires": "2027-01-31" | "30d" | "never"}')
-        token = await database.extend(request.path_params["ref"], expires)
-        await guard.reload()
-        return token_json(token)
+        token = await self.database.extend(request.path_params["ref"], expires)
+        await self.guard.reload()
+        return self._token(token)
 
-    async def usage(request: Request) -> Response:
+    async def usage(self, request: Request) -> Response:
         query = request.query_params
         unknown = set(query) - {"since", "until", "token", "model"}
         if unknown:
             raise InvalidRequest(f"unknown query parameter(s) {', '.join(sorted(unknown))}")
-        now = guard.clock()
-        days = guard.settings.log_retention_days
+        now = self.guard.clock()
+        days = self.guard.settings.log_retention_days
         since = _day(query["since"], "since") if "since" in query else now - days * 86400
         until = _day(query["until"], "until") + 86400 if "until" in query else now + 86400
-        await guard.flush()
-        rows = await database.usage(
+        await self.guard.flush()
+        rows = await self.database.usage(
             since, until, token=query.get("token"), model=query.get("model")
         )
         return _json({"usage": rows})
 
-    one = "/admin/tokens/{ref}"
-    return [
-        Route("/admin/tokens", create, methods=["POST"]),
-        Route("/admin/tokens", list_tokens, methods=["GET"]),
-        Route(one, show, methods=["GET"]),
-        Route(one, patch, methods=["PATCH"]),
-        Route(one, delete, methods=["DELETE"]),
-        Route(f"{one}/pause", status_change("paused"), methods=["POST"]),
-        Route(f"{one}/resume", status_change("active"), methods=["POST"]),
-        Route(f"{one}/revoke", status_change("revoked"), methods=["POST"]),
-        Route(f"{one}/reset-usage", reset_usage, methods=["POST"]),
-        Route(f"{one}/extend", extend, methods=["POST"]),
-        Route("/admin/usage", usage, methods=["GET"]),
-    ]
+    def routes(self) -> list[Route]:
+        one = "/admin/tokens/{ref}"
+        token = (400, 404)
+        routes = [
+            Route("POST", "/admin/tokens", self.create, Access.ADMIN,
+                  "Create a token; the answer holds it, once", body=TokenSpec, status=201,
+                  answer=dict[str, Any], errors=(400, 409)),
+            Route("GET", "/admin/tokens", self.list, Access.ADMIN,
+                  "Every token (never a secret)", answer=dict[str, Any]),
+            Route("GET", one, self.show, Access.ADMIN, "One token, by id or name",
+                  answer=dict[str, Any], errors=token),
+            Route("PATCH", one, self.patch, Access.ADMIN,
+                  "Change name, remark, scopes, models, ips, limits, expires or status",
+                  body=TokenPatch, answer=dict[str, Any], errors=(*token, 409)),
+            Route("DELETE", one, self.delete, Access.ADMIN, "Delete a token",
+                  answer=dict[str, Any], errors=token),
+        ]  # fmt: skip
+        for verb, status in (("pause", "paused"), ("resume", "active"), ("revoke", "revoked")):
+            routes.append(
+                Route("POST", f"{one}/{verb}", self._status_change(status), Access.ADMIN,
+                      f"Set the token's status to {status}", answer=dict[str, Any],
+                      errors=token)
+            )  # fmt: skip
+        return [
+            *routes,
+            Route("POST", f"{one}/reset-usage", self.reset_usage, Access.ADMIN,
+                  "Set this month's count to 0", answer=dict[str, Any], errors=token),
+            Route("POST", f"{one}/extend", self.extend, Access.ADMIN,
+                  'Change the expiry: {"expires": "2027-01-31" | "30d" | "never"}',
+                  answer=dict[str, Any], errors=token),
+            Route("GET", "/admin/usage", self.usage, Access.ADMIN,
+                  "Requests and errors per token, model and UTC day (?since=&until=&token="
+                  "&model=)", answer=dict[str, Any], errors=(400,),
+                  query=("since", "until", "token", "model")),
+        ]  # fmt: skip
 
 
 def _json(content: Any, status: int = 200) -> Response:

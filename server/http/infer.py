@@ -1,65 +1,37 @@
 """POST /v2/models/{model}[/versions/{version}]/infer as a raw ASGI endpoint: the hot path.
 
-Why not a Starlette endpoint: on these 2-core machines a bare uvicorn ASGI app answers 23k
-requests/s, the same app behind Starlette's router and middleware 9.3k (12 route regexes, two
-exception middlewares, Request/Headers/Response objects per request). For the `tiny` model
-that difference is most of the request's cost, so `App` sends infer POSTs straight here and
-everything else through Starlette. The endpoint stays thin: read the body, decode, hand to the
-DataPlane, encode, send.
+Why not a Starlette endpoint: Request/Headers/Response objects per request cost more than the
+`tiny` model itself on these 2-core machines, so the route table (routes.py) calls this raw
+ASGI endpoint with the path's model and version. It stays thin: read the body, decode
+(codec.py), hand to DataPlane.exchange, encode, send.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-import orjson
+from collections.abc import Mapping
 
 from ..dataplane import DataPlane
 from ..errors import CinferError, PayloadTooLarge
 from ..inference import InferResponse
 from . import codec
+from .asgi import (
+    BINARY,
+    ENCODING_KEY,
+    JSON,
+    SCOPE_KEY,
+    STATUS_KEY,
+    Receive,
+    Scope,
+    Send,
+    send_error,
+)
 
 log = logging.getLogger("cinfer")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-STATUS_KEY = "cinfer.status"
-"""Set in the ASGI scope by the infer endpoint: the status it answered (for the usage log)."""
-
-SCOPE_KEY = "cinfer.infer"
-"""Set in the ASGI scope after a successful infer: (model, version, rows), for the access log."""
-
-ENCODING_KEY = "cinfer.encoding"
-"""Set in the ASGI scope when the answer was compressed: the Content-Encoding used."""
-
-JSON = b"application/json"
-BINARY = b"application/octet-stream"
 
 
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
-
-
-def match(path: str) -> tuple[str, str | None] | None:
-    """(model, version) when `path` is an infer path, else None."""
-    parts = path.split("/")
-    n = len(parts)
-    if n == 5 and parts[4] == "infer" and parts[1] == "v2" and parts[2] == "models":
-        return parts[3], None
-    if (
-        n == 7
-        and parts[6] == "infer"
-        and parts[4] == "versions"
-        and parts[1] == "v2"
-        and parts[2] == "models"
-    ):
-        return parts[3], parts[5]
-    return None
 
 
 class InferEndpoint:
@@ -68,10 +40,11 @@ class InferEndpoint:
         self.limit = max_request_bytes
         self.decoder = codec.Decoder()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = match(scope["path"])
-        assert target is not None, "routed here only for infer paths"
-        await self.handle(scope, receive, send, *target)
+    async def asgi(
+        self, scope: Scope, receive: Receive, send: Send, params: Mapping[str, str]
+    ) -> None:
+        """The route table's endpoint (routes.RawEndpoint)."""
+        await self.handle(scope, receive, send, params["model"], params.get("version"))
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
@@ -152,15 +125,3 @@ class InferEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-async def send_error(
-    send: Send, status: int, message: str, extra: dict[str, str] | None = None
-) -> None:
-    """Answer `{"error": message}` with `status` (and extra headers) from raw ASGI code."""
-    body = orjson.dumps({"error": message})
-    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
-    for key, value in (extra or {}).items():
-        headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

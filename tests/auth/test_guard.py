@@ -18,8 +18,8 @@ from server.auth.guard import Guard
 from server.auth.store import Database
 from server.auth.tokens import TokenSpec
 from server.dataplane import DataPlane
-from server.http.access import requirement
 from server.http.app import create_app
+from server.http.routes import Access, Route, RouteTable
 from server.reconciler import Reconciler
 from server.settings import AuthSettings, Settings
 from tests import onnx_models
@@ -111,7 +111,7 @@ async def guarded(
     dataplane = DataPlane(Reconciler(root))
     app = create_app(settings, dataplane, guard)
     harness = Harness(app, guard, clock)
-    async with app.router.lifespan_context(app):
+    async with app.running():
         await dataplane.wait_ready()
         try:
             yield harness
@@ -156,57 +156,119 @@ PROTECTED = [
     ("GET", "/v2/models/stats"),
     ("POST", "/v2/models/tiny/infer"),
     ("POST", "/v2/models/tiny/versions/1/infer"),
-    ("GET", "/v2/models/tiny/infer"),
     ("POST", "/v2/repository/index"),
     ("POST", "/v2/repository/models/tiny/load"),
     ("GET", "/admin/tokens"),
     ("GET", "/openapi.json"),
-    ("GET", "/docs"),
     ("GET", "/metrics"),
-    ("GET", "/nowhere"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("path", "scopes", "model", "version"),
+    ("method", "path", "permissions", "model", "version"),
     [
-        ("/v2/health/live", None, None, None),
-        ("/v2/health/ready", None, None, None),
-        ("/v2/models/m/infer", ("infer",), "m", None),
-        ("/v2/models/m/versions/3/infer", ("infer",), "m", "3"),
-        ("/v2/models/m", ("read",), "m", None),
-        ("/v2/models/m/versions/3/config", ("read",), "m", "3"),
-        ("/v2/models/m/stats", ("read",), "m", None),
-        ("/v2/models/m/ready", ("read", "infer"), "m", None),
-        ("/v2/models/stats", ("read",), None, None),
-        ("/v2", ("read",), None, None),
-        ("/openapi.json", ("read",), None, None),
-        ("/docs/assets/swagger-ui.css", ("read",), None, None),
-        ("/v2/repository/index", ("admin",), None, None),
-        ("/v2/repository/models/m/load", ("admin",), None, None),
-        ("/admin/tokens/x/pause", ("admin",), None, None),
-        ("/v2/models/m/unknown", (), None, None),
-        ("/", (), None, None),
-        ("/V2/health/live", (), None, None),
+        ("GET", "/v2/health/live", None, None, None),
+        ("GET", "/v2/health/ready", None, None, None),
+        ("HEAD", "/v2/health/ready", None, None, None),
+        ("POST", "/v2/models/m/infer", ("infer",), "m", None),
+        ("POST", "/v2/models/m/versions/3/infer", ("infer",), "m", "3"),
+        ("GET", "/v2/models/m", ("read",), "m", None),
+        ("GET", "/v2/models/m/versions/3/config", ("read",), "m", "3"),
+        ("GET", "/v2/models/m/stats", ("read",), "m", None),
+        ("GET", "/v2/models/m/ready", ("read", "infer"), "m", None),
+        ("GET", "/v2/models/stats", ("read",), None, None),
+        ("GET", "/v2", ("read",), None, None),
+        ("GET", "/openapi.json", ("read",), None, None),
+        ("GET", "/metrics", ("read",), None, None),
+        ("GET", "/docs", None, None, None),
+        ("GET", "/docs/assets/swagger-ui.css", None, None, None),
+        ("POST", "/v2/repository/index", ("admin",), None, None),
+        ("POST", "/v2/repository/models/m/load", ("admin",), None, None),
+        ("POST", "/admin/tokens/x/pause", ("admin",), None, None),
+        ("GET", "/admin/usage", ("admin",), None, None),
     ],
 )
-def test_what_each_path_needs(
-    path: str, scopes: tuple[str, ...] | None, model: str | None, version: str | None
+async def test_what_each_route_needs(
+    h: Harness,
+    method: str,
+    path: str,
+    permissions: tuple[str, ...] | None,
+    model: str | None,
+    version: str | None,
 ) -> None:
-    need = requirement(path, public_metadata=False)
-    if scopes is None:
-        assert need is None
+    table = h.app.table
+    found = table.find(method, path)
+    assert found.route is not None, f"{method} {path} is not in the route table"
+    if permissions is None:
+        assert found.need is None
     else:
+        need = found.need
         assert need is not None and (need.permissions, need.model, need.version) == (
-            scopes,
+            permissions,
             model,
             version,
         )
-    public = requirement(path, public_metadata=True)
-    if scopes is not None and "read" in scopes:
+        assert need.target == f"{method} {path}"
+    public = RouteTable(table, public_metadata=True).find(method, path).need
+    if permissions is not None and "read" in permissions:
         assert public is None
     else:
-        assert public == need
+        assert public == found.need
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nowhere", 404),
+        ("GET", "/", 404),
+        ("GET", "/V2/health/live", 404),
+        ("GET", "/v2/models/m/unknown", 404),
+        ("GET", "/v2/models/tiny/infer", 405),
+        ("DELETE", "/v2/health/live", 405),
+    ],
+)
+async def test_what_the_table_does_not_declare_is_404_or_405_whatever_the_token(
+    h: Harness, method: str, path: str, status: int
+) -> None:
+    admin = await h.create("admin", scopes=EVERYTHING)
+    for token in (None, admin, "cinfer_000000000000_nonsense"):
+        response = await h.request(method, path, token)
+        assert response.status_code == status, (token, response.text)
+        assert "Bearer" not in response.headers.get("www-authenticate", "")
+        if status == 405:
+            assert "allow" in response.headers
+
+
+def test_a_route_without_a_declared_access_is_refused_at_start_up() -> None:
+    async def endpoint(request: Any) -> Any:
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="route GET /x declares no access"):
+        Route("GET", "/x", endpoint, None, "no access")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="declared twice"):
+        RouteTable(
+            [
+                Route("GET", "/x", endpoint, Access.PUBLIC, "one"),
+                Route("GET", "/x", endpoint, Access.ADMIN, "two"),
+            ]
+        )
+
+
+async def test_the_docs_page_and_its_assets_need_no_token_and_the_page_asks_for_one(
+    h: Harness,
+) -> None:
+    page = await h.request("GET", "/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="token"' in page.text and "Authorization" in page.text
+    css = await h.request("GET", "/docs/assets/swagger-ui.css")
+    assert css.status_code == 200 and "text/css" in css.headers["content-type"]
+    again = await h.request(
+        "GET", "/docs/assets/swagger-ui.css", headers={"if-none-match": css.headers["etag"]}
+    )
+    assert again.status_code == 304
+    assert (await h.request("GET", "/docs/assets/nothing.js")).status_code == 404
+    # The document itself still needs a token, which the page sends once given.
+    assert (await h.request("GET", "/openapi.json")).status_code == 401
 
 
 async def test_health_is_public_and_every_other_route_needs_a_token(h: Harness) -> None:
@@ -228,7 +290,6 @@ async def test_a_token_with_every_scope_reaches_every_route(h: Harness) -> None:
     assert (await h.request("POST", "/v2/repository/index", token)).status_code == 200
     assert (await h.request("GET", "/admin/tokens", token)).status_code == 200
     # Past authentication, the app answers as always.
-    assert (await h.request("GET", "/nowhere", token)).status_code == 404
     assert (await h.infer(token, "missing")).status_code == 404
 
 
@@ -578,11 +639,12 @@ async def test_usage_log_keeps_the_status_each_infer_answered(
             "POST", "/v2/models/tiny/infer", token, json={"inputs": [{"name": "x"}]}
         )
         assert bad.status_code == 400
+        # A method the route table does not declare is answered before any token check.
         assert (await h.request("GET", "/v2/models/tiny/infer", token)).status_code == 405
         database = h.guard.database.path
     with sqlite3.connect(database) as conn:
         rows = conn.execute("SELECT model, status FROM usage_log ORDER BY id").fetchall()
-    assert rows == [("tiny", 200), ("ghost", 404), ("tiny", 400), ("tiny", 405)]
+    assert rows == [("tiny", 200), ("ghost", 404), ("tiny", 400)]
 
 
 async def test_counts_are_written_in_batches_not_per_request_and_at_shutdown(
@@ -629,7 +691,7 @@ async def test_rejections_are_counted_in_the_metrics_and_access_log(
     dataplane = DataPlane(Reconciler(root))
     app = create_app(settings, dataplane, guard)
     harness = Harness(app, guard, clock)
-    async with app.router.lifespan_context(app):
+    async with app.running():
         await dataplane.wait_ready()
         reader = await harness.create("reader", scopes=["read"])
         with caplog.at_level("INFO", logger="cinfer.access"):
@@ -656,3 +718,14 @@ async def test_openapi_asks_for_a_bearer_token(h: Harness) -> None:
     assert spec["security"] == [{"token": []}]
     assert spec["paths"]["/v2/health/ready"]["get"]["security"] == []
     assert "security" not in spec["paths"]["/v2/models/tiny/infer"]["post"]
+    # Every route the server answers is in the document, /admin included; the public ones
+    # say so, the others document the refusals a token can get.
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    routes = {(r.method, r.path) for r in h.app.table if r.method != "WEBSOCKET"}
+    assert routes <= documented, routes - documented
+    assert ("PATCH", "/admin/tokens/{ref}") in documented
+    assert ("GET", "/admin/usage") in documented
+    for path in ("/docs", "/docs/assets/{file}", "/v2/health/live"):
+        assert spec["paths"][path]["get"]["security"] == []
+    infer = spec["paths"]["/v2/models/{model}/infer"]["post"]["responses"]
+    assert {"401", "403", "429"} <= set(infer)

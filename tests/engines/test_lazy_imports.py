@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     async def main() -> None:
         dataplane = DataPlane(Reconciler(Path(sys.argv[1])))
         app = create_app(Settings(), dataplane)
-        async with app.router.lifespan_context(app):
+        async with app.running():
             await dataplane.wait_ready()
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
