@@ -4,7 +4,8 @@ A `Grant` is one token's live state (its rules, rate bucket and uncounted reques
 `Guard` holds them all, answers `identify()` and `admit()` for each request without touching
 SQLite, and every 0.5 s (`sync()`) writes the counts and usage log rows in one transaction,
 reloads the tokens when another process (the CLI) changed the file (``PRAGMA data_version``),
-and prunes the log. Reading credentials out of HTTP requests is http/access.py's job. See issue 5 and docs/auth.md.
+and prunes the log. Reading credentials out of HTTP requests is http/access.py's job. See
+issue 5 and docs/auth.md.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from .tokens import (
     hash_secret,
     iso,
     month_of,
-    parse_address,
     parse_network,
     split,
 )
@@ -82,9 +82,9 @@ class Grant:
         "networks",
         "patterns",
         "pending",
+        "permissions",
         "quota",
         "rate",
-        "permissions",
         "stamp",
         "token",
         "used",

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 async def test_every_route_the_server_answers_is_documented(repo: Path) -> None:
     onnx_models.copy_samples(repo)
     settings = Settings.model_validate({"metrics": {"enabled": True}})
-    async with running_app(repo, settings) as (client, dataplane):
+    async with running_app(repo, settings) as (client, _):
         spec = (await client.get("/openapi.json")).json()
         app = client._transport.app  # type: ignore[attr-defined]
         documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from tests import onnx_models
-from tests.live import ROOT, live_server, server_log
 from tests.auth.test_guard import INFER, TINY
+from tests.live import ROOT, live_server, server_log
 
 
 @pytest.fixture
