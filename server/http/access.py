@@ -126,7 +126,7 @@ class Gate:
         if not guard.logging:
             await run(found, scope, receive, send)
             return
-        if need.infer:
+        if need.infer and scope["type"] == "http":
             # The infer endpoint writes its status into the scope: no wrapper on the hot path.
             try:
                 await run(found, scope, receive, send)

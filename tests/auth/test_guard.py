@@ -97,7 +97,13 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.asynccontextmanager
 async def guarded(
-    tmp_path: Path, tiny_onnx: Path, *, now: float = NOW, interval: float = 0.05, **auth: Any
+    tmp_path: Path,
+    tiny_onnx: Path,
+    *,
+    now: float = NOW,
+    interval: float = 0.05,
+    routes: tuple[Route, ...] = (),
+    **auth: Any,
 ) -> AsyncIterator[Harness]:
     root = tmp_path / "models"
     onnx_models.model_folder(root, "tiny", TINY, {1: tiny_onnx})
@@ -109,7 +115,7 @@ async def guarded(
         Database(settings.auth.database, clock=clock), settings.auth, clock=clock, interval=interval
     )
     dataplane = DataPlane(Reconciler(root))
-    app = create_app(settings, dataplane, guard)
+    app = create_app(settings, dataplane, guard, routes)
     harness = Harness(app, guard, clock)
     async with app.running():
         await dataplane.wait_ready()
@@ -689,7 +695,7 @@ async def test_rejections_are_counted_in_the_metrics_and_access_log(
     clock = Clock(NOW)
     guard = Guard(Database(settings.auth.database, clock=clock), settings.auth, clock=clock)
     dataplane = DataPlane(Reconciler(root))
-    app = create_app(settings, dataplane, guard)
+    app = create_app(settings, dataplane, guard, routes)
     harness = Harness(app, guard, clock)
     async with app.running():
         await dataplane.wait_ready()
@@ -729,3 +735,72 @@ async def test_openapi_asks_for_a_bearer_token(h: Harness) -> None:
         assert spec["paths"][path]["get"]["security"] == []
     infer = spec["paths"]["/v2/models/{model}/infer"]["post"]["responses"]
     assert {"401", "403", "429"} <= set(infer)
+
+
+async def websocket(app: Any, path: str, token: str | None, say: str) -> list[dict[str, Any]]:
+    """One WebSocket session against the ASGI app: connect, send `say`, leave; what it sent."""
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    scope = {"type": "websocket", "path": path, "headers": headers, "client": ("127.0.0.1", 1)}
+    incoming = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": say},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_websocket_routes_are_authenticated_like_http_ones(
+    tmp_path: Path, tiny_onnx: Path
+) -> None:
+    async def echo(scope: Any, receive: Any, send: Any, params: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        said = await receive()
+        await send({"type": "websocket.send", "text": f"{params['model']}: {said['text']}"})
+        await receive()
+
+    stream = Route("WEBSOCKET", "/v2/models/{model}/echo", echo, Access.INFER, "echo", raw=True)
+    async with guarded(tmp_path, tiny_onnx, routes=(stream,), interval=3600) as h:
+        runner = await h.create("runner", scopes=["infer"], models=["tiny"])
+        reader = await h.create("reader", scopes=["read"])
+
+        refused = await websocket(h.app, "/v2/models/tiny/echo", None, "hi")
+        assert refused == [
+            {
+                "type": "websocket.close",
+                "code": 1008,
+                "reason": "this endpoint needs an API token: send "
+                "'Authorization: Bearer cinfer_...'",
+            }
+        ]
+        lacking = await websocket(h.app, "/v2/models/tiny/echo", reader, "hi")
+        assert lacking[0]["code"] == 1008
+        assert (
+            "lacks the infer scope needed for WebSocket /v2/models/tiny/echo"
+            in (lacking[0]["reason"])
+        )
+        other = await websocket(h.app, "/v2/models/iris/echo", runner, "hi")
+        assert other[0]["code"] == 1008 and "may not use model 'iris'" in other[0]["reason"]
+
+        served = await websocket(h.app, "/v2/models/tiny/echo", runner, "hi")
+        assert served == [
+            {"type": "websocket.accept"},
+            {"type": "websocket.send", "text": "tiny: hi"},
+        ]
+        unknown = await websocket(h.app, "/v2/models/tiny/nothing", runner, "hi")
+        assert unknown == [{"type": "websocket.close", "code": 1008, "reason": "no route "
+                            "/v2/models/tiny/nothing"}]  # fmt: skip
+        await h.guard.flush()
+        rows = sqlite3.connect(h.guard.database.path).execute(
+            "SELECT model, status FROM usage_log ORDER BY id"
+        )
+        assert list(rows) == [("tiny", 401), ("tiny", 403), ("iris", 403), ("tiny", 101)]
