@@ -321,7 +321,7 @@ def _model_infer(version: ModelVersion, description: str, tokens: bool) -> dict[
             "200": _json(_ref("InferenceResponse"), "Outputs"),
             **{
                 str(status): _json(_ref("ErrorResponse"), STATUS[status])
-                for status in (400, 413, *((401, 403, 429) if tokens else ()), 503)
+                for status in (400, 404, 413, *((401, 403, 429) if tokens else ()), 503)
             },
         },
     }
