@@ -56,7 +56,7 @@ class Admin:
         await self.guard.reload()
         return self._token(token, 201, plaintext)
 
-    async def list(self, request: Request) -> Response:
+    async def list_tokens(self, request: Request) -> Response:
         now = self.guard.clock()
         tokens = await self.database.tokens()
         return _json({"tokens": [self.guard.current(t).public(now) for t in tokens]})
@@ -117,7 +117,7 @@ class Admin:
             Route("POST", "/admin/tokens", self.create, Access.ADMIN,
                   "Create a token; the answer holds it, once", body=TokenSpec, status=201,
                   answer=dict[str, Any], errors=(400, 409)),
-            Route("GET", "/admin/tokens", self.list, Access.ADMIN,
+            Route("GET", "/admin/tokens", self.list_tokens, Access.ADMIN,
                   "Every token (never a secret)", answer=dict[str, Any]),
             Route("GET", one, self.show, Access.ADMIN, "One token, by id or name",
                   answer=dict[str, Any], errors=token),

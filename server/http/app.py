@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.requests import Request
@@ -35,7 +35,7 @@ from .admin import Admin
 from .asgi import ASGIApp, Receive, Scope, Send, send_error
 from .endpoints import Docs, Health, Inference, Metadata, Metrics, Repository
 from .infer import InferEndpoint
-from .routes import Found, Route, RouteTable
+from .routes import Found, RawEndpoint, RequestEndpoint, Route, RouteTable
 
 log = logging.getLogger("cinfer")
 
@@ -157,11 +157,11 @@ class App:
         route = found.route
         assert route is not None
         if route.raw:
-            await route.endpoint(scope, receive, send, found.params)  # type: ignore[call-arg]
+            await cast(RawEndpoint, route.endpoint)(scope, receive, send, found.params)
             return
         scope["path_params"] = found.params
         try:
-            response = await route.endpoint(Request(scope, receive))  # type: ignore[call-arg]
+            response = await cast(RequestEndpoint, route.endpoint)(Request(scope, receive))
         except CinferError as exc:
             await send_error(send, exc.status_code, exc.message, exc.headers)
             return
@@ -169,7 +169,7 @@ class App:
             log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
             await send_error(send, 500, "internal server error (see the server log)")
             return
-        await response(scope, receive, send)  # type: ignore[arg-type]
+        await response(scope, receive, send)
 
     async def _missing(self, found: Found, scope: Scope, send: Send) -> None:
         path = scope["path"]
