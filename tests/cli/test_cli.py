@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -122,12 +123,19 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunne
 
 
 @pytest.mark.parametrize("command", [[], ["serve"]])
-def test_serve_is_the_default_command(runner: CliRunner, command: list[str]) -> None:
-    # A missing repository makes serve stop before it loads anything: the message shows that
-    # the command that ran was serve, with the flag given.
-    result = runner.invoke(main, [*command, "--repository", "nowhere", "--port", "9000"])
-    assert result.exit_code == 2
-    assert "model repository nowhere does not exist or is not a folder" in result.stderr
+def test_serve_is_the_default_command(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    # A taken port makes serve stop before it loads anything: the message shows that the
+    # command that ran was serve, with the flags given.
+    (tmp_path / "models").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(main, [*command, "--repository", "models", "--port", str(port)])
+    assert result.exit_code == 3
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
 
 
 def test_version(runner: CliRunner) -> None:
