@@ -1,7 +1,5 @@
 """`python -m server` is the `cinfer` command."""
 
-import sys
-
 from .cli import main
 
-sys.exit(main())
+main(prog_name="cinfer")

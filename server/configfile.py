@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,21 +51,29 @@ def parse(model: type[M], data: dict[str, Any], source: str, text: str | None = 
 
 def describe(exc: ValidationError, source: str, text: str | None) -> str:
     """One line per pydantic error: ``source line N: [table] key: message``."""
+    return explain(exc, lambda loc: where(source, text, loc))
+
+
+def explain(exc: ValidationError, origin: Callable[[tuple[Any, ...]], str]) -> str:
+    """One line per pydantic error, ``<origin(loc)>: [table] key: message``, for data that
+    came from more than one place (config.toml, variables and flags: settings.load)."""
     lines = []
     for error in exc.errors()[:5]:
         loc = tuple(error["loc"])
-        where = source
-        line = locate(text, loc) if text else None
-        if line:
-            where += f" line {line}"
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
         if error["type"] not in ("extra_forbidden", "missing") and "input" in error:
             message += f" (got {error['input']!r})"
-        lines.append(f"{where}: {format_loc(loc)}: {message}")
+        lines.append(f"{origin(loc)}: {format_loc(loc)}: {message}")
     more = len(exc.errors()) - len(lines)
     if more > 0:
         lines.append(f"... and {more} more")
     return "; ".join(lines)
+
+
+def where(source: str, text: str | None, loc: tuple[Any, ...]) -> str:
+    """``source line N`` for the key at `loc` in `text`, or `source` where no line is found."""
+    line = locate(text, loc) if text else None
+    return f"{source} line {line}" if line else source
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

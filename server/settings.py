@@ -4,6 +4,12 @@ Each section is a pydantic model with ``extra="forbid"``, so an unknown key in t
 start-up with a message naming the key, the file and the line. An unknown ``CINFER_*``
 variable only logs a warning: the environment is shared with other tools and with later
 versions of this server.
+
+pydantic-settings does the layering in `load()`: one source per layer, highest first (flags,
+environment, file), deep-merged over the defaults and validated once. What stays ours is what
+it does not do: reading the file through `configfile` (errors that name the file and line),
+paths relative to the file, TOML arrays in variables, the warning for unknown variables, and
+an error that names the layer the bad value came from.
 """
 
 from __future__ import annotations
@@ -11,10 +17,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from . import configfile
 from .auth.tokens import canonical_network
@@ -23,6 +38,9 @@ from .errors import ConfigError
 log = logging.getLogger("cinfer")
 
 ENV_PREFIX = "CINFER_"
+ENV_NESTED = "__"
+RELATIVE_TO_FILE = (("repository", "path"), ("auth", "database"))
+"""Paths that a settings file gives relative to its own folder."""
 
 
 class Section(BaseModel):
@@ -92,10 +110,60 @@ class AuthSettings(Section):
 
 
 class Settings(Section):
+    """Every setting. Building one reads nothing: `load()` layers the file, the environment
+    and the flags over these defaults."""
+
     server: ServerSettings = ServerSettings()
     repository: RepositorySettings = RepositorySettings()
     metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
+
+
+@dataclass(frozen=True)
+class SettingsFile:
+    """A settings file as read: its data (relative paths resolved) and its text, for lines."""
+
+    path: Path
+    data: dict[str, Any]
+    text: str
+
+    @classmethod
+    def read(cls, path: Path) -> SettingsFile:
+        data, text = configfile.read(path)
+        for section, key in RELATIVE_TO_FILE:
+            table = data.get(section)
+            if isinstance(table, dict) and isinstance(table.get(key), str):
+                table[key] = str(path.parent / table[key])
+        return cls(path, data, text)
+
+
+class Environment(EnvSettingsSource):
+    """`CINFER_*` variables from a given mapping (`load(env=...)`), not only ``os.environ``.
+
+    Values of list fields are read as TOML (``["10.0.0.0/8"]``, the file's syntax) where
+    pydantic-settings reads JSON; a value that is not TOML is left as text for pydantic to
+    refuse with the key's name.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str]) -> None:
+        self._variables = variables  # read by _load_env_vars, which super().__init__ calls
+        super().__init__(
+            settings_cls,
+            case_sensitive=False,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter=ENV_NESTED,
+        )
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The hook DotEnvSettingsSource overrides too; case-insensitive sources want the
+        # names lower-cased.
+        return {name.lower(): value for name, value in self._variables.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return configfile.loads(f"v = {value}", "environment")["v"]
+        except ConfigError:
+            return value
 
 
 def load(
@@ -108,33 +176,66 @@ def load(
 
     `overrides` holds the CLI flags as ``{"server": {"port": 9000}}``; None values are skipped.
     A relative ``[repository] path`` or ``[auth] database`` in a file is taken relative to
-    that file's folder.
+    that file's folder. Precedence: flags, then environment, then file, then defaults.
     """
-    data: dict[str, Any] = {}
-    text = None
-    source = "settings"
-    if path is not None:
-        data, text = configfile.read(path)
-        source = str(path)
-        for section, key in (("repository", "path"), ("auth", "database")):
-            table = data.get(section)
-            if isinstance(table, dict) and isinstance(table.get(key), str):
-                table[key] = str(path.parent / table[key])
-    settings = configfile.parse(Settings, data, source, text)
-    merged = settings.model_dump()
-    _apply_env(merged, os.environ if env is None else env)
-    for section, values in (overrides or {}).items():
-        for key, value in values.items():
-            if value is not None:
-                merged.setdefault(section, {})[key] = value
-    return configfile.parse(Settings, merged, "environment or command line")
+    file = SettingsFile.read(path) if path is not None else None
+    variables = known_variables(os.environ if env is None else env)
+    flags: dict[str, Any] = {
+        section: given
+        for section, values in (overrides or {}).items()
+        if (given := {key: value for key, value in values.items() if value is not None})
+    }
+
+    # A class per call because pydantic-settings takes its sources from a classmethod;
+    # `Settings` itself stays a plain model, so `Settings(...)` never reads the environment.
+    class Layers(BaseSettings, Settings):
+        # The file's keys and the flags match exactly, as TOML keys do; Environment
+        # matches variable names in any case on its own.
+        model_config = SettingsConfigDict(case_sensitive=True)
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            environment = Environment(settings_cls, dict(variables.values()))
+            if file is None:
+                return (init_settings, environment)
+            return (init_settings, environment, InitSettingsSource(settings_cls, file.data))
+
+    def origin(loc: tuple[Any, ...]) -> str:
+        """Which layer gave the value at `loc`, as the error should name it."""
+        names = [part for part in loc if isinstance(part, str)]
+        if len(names) >= 2:
+            section, key = names[0], names[1]
+            if key in flags.get(section, {}):
+                return "command line"
+            if (section, key) in variables:
+                return variables[section, key][0]
+        if file is not None:
+            return configfile.where(str(file.path), file.text, loc)
+        return "settings"
+
+    try:
+        layers = Layers(**flags)
+    except ValidationError as exc:
+        raise ConfigError(configfile.explain(exc, origin)) from exc
+    return Settings.model_validate(dict(layers))
 
 
-def _apply_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, raw in env.items():
+def known_variables(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The `CINFER_<SECTION>__<KEY>` variables of `env` that name a setting, as
+    ``{("server", "port"): ("CINFER_SERVER__PORT", "9000")}``; a warning for each other
+    `CINFER_*` one, which pydantic-settings would refuse under ``extra="forbid"``."""
+    known: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition(ENV_NESTED)
         fields = Settings.model_fields
         if not sep or section not in fields:
             log.warning("ignoring unknown setting %s: no section [%s]", name, section)
@@ -143,14 +244,5 @@ def _apply_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
         if not isinstance(annotation, type) or key not in annotation.model_fields:
             log.warning("ignoring unknown setting %s: no key %r in [%s]", name, key, section)
             continue
-        merged[section][key] = _env_value(raw)
-
-
-def _env_value(raw: str) -> Any:
-    """Arrays and tables are read as TOML (``["10.0.0.0/8"]``); pydantic coerces the rest."""
-    if raw.lstrip()[:1] in ("[", "{"):
-        try:
-            return configfile.loads(f"v = {raw}", "environment")["v"]
-        except ConfigError:
-            return raw
-    return raw
+        known[section, key] = (name, value)
+    return known

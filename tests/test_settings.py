@@ -177,3 +177,19 @@ def test_unknown_repository_mode_names_the_choices(tmp_path: Path) -> None:
     message = str(err.value)
     assert message.startswith(f"{path} line 2: [repository] mode:")
     assert "'watch', 'startup' or 'explicit'" in message
+
+
+def test_an_error_names_the_layer_the_value_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nhost = "0.0.0.0"\nport = 9001\n')
+    with pytest.raises(ConfigError) as err:
+        load(path, env={"CINFER_SERVER__PORT": "lots"})
+    assert str(err.value).startswith("CINFER_SERVER__PORT: [server] port: Input should be")
+    with pytest.raises(ConfigError) as err:
+        load(path, env={}, overrides={"server": {"port": 70000}})
+    assert str(err.value).startswith("command line: [server] port: Input should be less")
+
+
+def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CINFER_SERVER__PORT", "9005")
+    assert Settings().server.port == 8000
+    assert load(None).server.port == 9005  # load() reads os.environ when not given `env`

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
-from server.cli import build_parser, main
+from server.cli import main
 from tests import onnx_models
 from tests.live import ROOT, free_port
 
@@ -106,16 +110,67 @@ def test_start_up_errors_name_the_problem(tmp_path: Path, config: str, message: 
     assert "Traceback" not in result.stderr
 
 
-def test_serve_is_the_default_command() -> None:
-    args = build_parser().parse_args(["serve", "--port", "9000"])
-    assert (args.command, args.port) == ("serve", 9000)
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """`cinfer` in-process, in an empty folder (no ./config.toml) and without CINFER_*."""
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield CliRunner(env={name: None for name in os.environ if name.startswith("CINFER_")})
+    # serve set up logging on the runner's stderr, which is closed once it returns.
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("command", [[], ["serve"]])
+def test_serve_is_the_default_command(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    # A taken port makes serve stop before it loads anything: the message shows that the
+    # command that ran was serve, with the flags given.
+    (tmp_path / "models").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(main, [*command, "--repository", "models", "--port", str(port)])
+    assert result.exit_code == 3
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
+
+
+def test_version(runner: CliRunner) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0
+    result = runner.invoke(main, ["--version"])
+    assert (result.exit_code, result.stdout.strip()) == (0, "cinfer 0.1.0")
 
 
 def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--colour", "blue"])
     assert exited.value.code == 2
-    assert "unrecognized arguments: --colour" in capsys.readouterr().err
+    assert "No such option '--colour'" in capsys.readouterr().err
+
+
+def test_serve_options_before_another_command_are_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--config", "x.toml", "tokens", "list"])
+    assert result.exit_code == 2
+    assert "--config before the command 'tokens'" in result.stderr
+
+
+def test_every_command_and_option_has_help(runner: CliRunner) -> None:
+    import click
+
+    def walk(command: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
+        yield path, command
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+
+    for path, command in walk(main, []):
+        assert command.help, path
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, (path, param.name)
+        assert runner.invoke(main, [*path, "--help"]).exit_code == 0, path

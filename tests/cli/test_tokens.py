@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from server.auth.tokens import split
-from server.cli import build_parser, is_loopback, manage_tokens
-from server.settings import load
+from server.cli import main
+from server.cli.serve import is_loopback
 
 
 class CLI:
-    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, tmp_path: Path) -> None:
         self.config = tmp_path / "config.toml"
         self.config.write_text('[auth]\ndatabase = "state/tokens.db"\n')
-        self.capsys = capsys
+        # No CINFER_* variable of the machine running the tests reaches the command.
+        self.runner = CliRunner(
+            env={name: None for name in os.environ if name.startswith("CINFER_")}
+        )
 
     def __call__(self, *argv: str, code: int = 0) -> tuple[str, str]:
-        args = build_parser().parse_args(["tokens", *argv, "--config", str(self.config)])
-        settings = load(args.config, env={})
-        assert manage_tokens(args, settings) == code
-        captured = self.capsys.readouterr()
-        return captured.out, captured.err
+        result = self.runner.invoke(main, ["tokens", *argv, "--config", str(self.config)])
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.stdout, result.stderr
 
     def json(self, *argv: str) -> dict:
         out, _ = self(*argv, "--json")
@@ -31,8 +36,13 @@ class CLI:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CLI:
-    return CLI(tmp_path, capsys)
+def cli(tmp_path: Path) -> Iterator[CLI]:
+    # The command sets up logging on the runner's stderr, which is closed once it returns.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield CLI(tmp_path)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_create_prints_the_token_once_and_the_database_sits_beside_the_config(
@@ -112,3 +122,26 @@ def test_a_name_is_taken_once(cli: CLI) -> None:
 def test_loopback_addresses() -> None:
     assert all(is_loopback(h) for h in ["127.0.0.1", "::1", "localhost", "127.1.2.3"])
     assert not any(is_loopback(h) for h in ["0.0.0.0", "::", "10.0.0.1", "example.com"])
+
+
+def test_list_aligns_its_columns_for_wide_names_too(cli: CLI) -> None:
+    cli("create", "--name", "ci", "--models", "iris")
+    cli("create", "--name", "東京-frontend", "--scope", "read,infer", "--expires", "30d")
+    listing, _ = cli("list")
+    header, *rows = listing.splitlines()
+    assert header.split() == [
+        "id", "name", "status", "scopes", "models", "rate_limit", "monthly_quota",
+        "used_this_month", "expires_at", "last_used_at",
+    ]  # fmt: skip
+    assert len(rows) == 2
+
+    def column(line: str, text: str) -> int:
+        """Terminal column where `text` starts (CJK characters are two wide)."""
+        before = line[: line.index(text)]
+        return len(before) + sum(1 for c in before if "\u4e00" <= c <= "\u9fff")
+
+    assert {
+        column(line, word) for line, word in zip([header, *rows], ["status", "active", "active"])
+    } == {column(header, "status")}
+    assert column(rows[0], "iris") == column(rows[1], "*") == column(header, "models")
+    assert rows[0].split()[2:4] == ["active", "infer"] and rows[1].split()[3] == "infer,read"
