@@ -25,7 +25,8 @@ install: $(STAMP)
 serve: install
 	$(PY) -m server --config config.toml
 
-test: install
+# What CI runs (.ci/run): the habits first (lint, format, strict types), then the suite.
+test: install lint typecheck
 	$(PY) -m pytest
 
 lint: install

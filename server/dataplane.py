@@ -207,9 +207,7 @@ class DataPlane:
             )
         return found, pool
 
-    async def infer(
-        self, model: str, version: str | None, request: InferRequest
-    ) -> InferResponse:
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         """Check `request` against the model's schema, run it, count it: the one infer path.
 
         Every door goes through here (through `exchange` when it has wire bytes to decode
@@ -241,9 +239,7 @@ class DataPlane:
             decoded = time.perf_counter_ns()
             results = await pool.submit(arrays, outputs, rows)
             ran = time.perf_counter_ns()
-            answer = encode(
-                InferResponse(found.name, str(found.version), results, request, rows)
-            )
+            answer = encode(InferResponse(found.name, str(found.version), results, request, rows))
         except CinferError as exc:
             requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
             raise

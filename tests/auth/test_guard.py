@@ -695,7 +695,7 @@ async def test_rejections_are_counted_in_the_metrics_and_access_log(
     clock = Clock(NOW)
     guard = Guard(Database(settings.auth.database, clock=clock), settings.auth, clock=clock)
     dataplane = DataPlane(Reconciler(root))
-    app = create_app(settings, dataplane, guard, routes)
+    app = create_app(settings, dataplane, guard)
     harness = Harness(app, guard, clock)
     async with app.running():
         await dataplane.wait_ready()
