@@ -1,7 +1,9 @@
 """What the API does, independent of HTTP: metadata, config, readiness, infer, repository.
 
-The Starlette endpoints in app.py are thin wrappers around this class (as MLServer's DataPlane
-is shared by its REST and gRPC servers).
+Every front door calls this class and nothing below it: the HTTP endpoints (http/endpoints.py,
+and http/infer.py's hot path) are thin wrappers around it, as MLServer's DataPlane is shared by
+its REST and gRPC servers. It takes and returns transport-free values: `InferRequest` and
+`InferResponse` (inference.py) and the typed answers declared in wire.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One file (``[auth] database``, default ``data/cinfer.db``) is shared by the server and the
 `cinfer tokens` CLI, possibly at the same moment: WAL mode lets readers proceed beside one
 writer, and the busy timeout makes a second writer wait rather than fail. The server learns of
-another process's changes from ``PRAGMA data_version`` (auth.py polls it).
+another process's changes from ``PRAGMA data_version`` (auth/guard.py polls it).
 
 The schema is versioned: `MIGRATIONS[n]` takes a database from version n to n + 1, applied in
 one transaction at open, so an old file is brought forward and a file from a newer server is

@@ -5,8 +5,10 @@ logs, the CLI and the admin API), `secret` 43 base-62 characters (256 bits). The
 keeps the id and sha256(secret) only; the full token is shown once, at creation. A fast hash
 is enough here because the secret is random and long, not a password (no dictionary to try).
 
-Storage is database.py, enforcement auth.py, management cli.py and admin.py; this module is
-the vocabulary they share. See docs/auth.md and issue 5.
+Storage is auth/store.py, enforcement auth/guard.py (with http/access.py reading the
+credentials out of HTTP requests), management cli/tokens.py and http/admin.py; this module is
+the vocabulary they share. What a token may do is its `permissions` (``scopes`` on the wire
+and in the CLI, as before). See docs/auth.md and issue 5.
 """
 
 from __future__ import annotations
