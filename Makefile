@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck examples clean
+.PHONY: install serve test test-system lint typecheck examples clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ serve: install
 	$(PY) -m server --config config.toml
 
 # What CI runs (.ci/run): the habits first (lint, format, strict types), then the suite.
-test: install lint typecheck
+test: install test-system lint typecheck
 	$(PY) -m pytest
+
+# System packages the tests drive: chromium, for /docs in a real browser
+# (tests/live/test_docs_browser.py, through Playwright). CI runs as root.
+test-system:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: install
 	$(VENV)/bin/ruff check server tests tools
