@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import __version__, metrics
 from .datatypes import TRITON
-from .errors import CinferError, InvalidRequest, NotFound, Unavailable
+from .errors import CinferError, InvalidRequest, NotFound, Unavailable, show
 from .inference import InferRequest, InferResponse
 from .metrics import failure_reason
 from .model_config import ModelConfig
@@ -234,13 +234,19 @@ class DataPlane:
         start = time.perf_counter_ns()
         found, pool = self.serving(model, version)
         requests = found.requests
+        # A foreign exception is the engine's only while it runs; one from decoding, checking
+        # or encoding is a bug of ours, not a backend failure (issue 11: a body that crashed
+        # the decoder was counted as reason="BACKEND").
+        unexpected = "OTHER"
         try:
             request = decode()
             check_target(request, found)
             arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
             decoded = time.perf_counter_ns()
+            unexpected = "BACKEND"
             results = await pool.submit(arrays, outputs, rows)
             ran = time.perf_counter_ns()
+            unexpected = "OTHER"
             answer = encode(InferResponse(found.name, str(found.version), results, request, rows))
         except CinferError as exc:
             requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
@@ -249,7 +255,7 @@ class DataPlane:
             requests.failed("CANCELED", time.perf_counter_ns() - start)
             raise
         except Exception:
-            requests.failed("BACKEND", time.perf_counter_ns() - start)
+            requests.failed(unexpected, time.perf_counter_ns() - start)
             raise
         done = time.perf_counter_ns()
         requests.decode_ns += decoded - start
@@ -325,14 +331,15 @@ def _identity(response: InferResponse) -> InferResponse:
 
 
 def check_target(request: InferRequest, found: ModelVersion) -> None:
-    """The model and version a body names (the KServe SDK names them) must be its target's."""
+    """The model and version a body names (the KServe SDK names the model) must be the ones
+    the request is addressed to: a body is never routed by them, so a mismatch is a 400."""
     if request.model_name is not None and request.model_name != found.name:
         raise InvalidRequest(
-            f"model_name {request.model_name!r} in the body does not match the model "
-            f"{found.name!r} in the request's target"
+            f"model_name {show(request.model_name)} in the body does not match the model "
+            f"{show(found.name)} the request is addressed to"
         )
     if request.model_version not in (None, "", str(found.version)):
         raise InvalidRequest(
-            f"model_version {request.model_version!r} in the body does not match version "
-            f"{found.version} that serves the request"
+            f"model_version {show(request.model_version)} in the body does not match version "
+            f"{show(str(found.version))} of model {show(found.name)} that serves the request"
         )

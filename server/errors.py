@@ -19,11 +19,28 @@ so nothing foreign reaches the HTTP layer.
     ├── Unsupported (501)
     ├── EngineError (500)            an engine failed while running a request
     └── DatabaseError (500)          the token database cannot be opened, migrated or written
+
+A message names what was wrong and echoes the client's value as the client wrote it, in JSON
+(`show`): ``unknown datatype null``, not Python's ``None``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """`value` as JSON, cut to about `limit` characters, for an error message."""
+    if isinstance(value, list | dict) and len(value) > limit:  # don't render a whole tensor
+        value = value[:limit] if isinstance(value, list) else dict(list(value.items())[:limit])
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:  # not a JSON value (a door that decodes something else)
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class CinferError(Exception):

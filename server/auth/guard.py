@@ -30,6 +30,7 @@ from .tokens import (
     Network,
     Token,
     contains,
+    diagnose,
     hash_secret,
     iso,
     month_of,
@@ -384,7 +385,7 @@ class Guard:
     def _verify(self, credentials: str) -> Grant:
         parts = split(credentials) if len(credentials) < 256 else None
         if parts is None:
-            raise Unauthorized("malformed API token: expected cinfer_<12 hex digits>_<secret>")
+            raise Unauthorized(f"malformed API token: {diagnose(credentials)}")
         grant = self._grants.get(parts[0])
         if grant is None or not compare_digest(hash_secret(parts[1]), grant.token.secret_hash):
             raise UnknownToken("unknown API token")

@@ -60,10 +60,41 @@ def generate() -> tuple[str, str, bytes]:
     return token_id, f"{PREFIX}{token_id}_{secret}", hash_secret(secret)
 
 
+SHAPE = "cinfer_<12 hex digits>_<43 letters and digits>"
+SECRET = re.compile(r"[0-9A-Za-z]*")
+
+
 def split(token: str) -> tuple[str, str] | None:
-    """(id, secret) of a well-formed token, else None."""
+    """(id, secret) of a well-formed token, else None (`diagnose` says what is wrong)."""
     found = TOKEN.fullmatch(token)
     return (found.group(1), found.group(2)) if found else None
+
+
+def diagnose(token: str) -> str:
+    """What is wrong with a token that does not `split`, for the 401. It gives lengths and
+    which part is wrong, never the characters: a mistyped token is nearly a secret."""
+    length = len(token)
+    expected = f"expected {SHAPE}"
+    if not token:
+        return f"the token is empty ({expected})"
+    if length > 255:
+        return f"it has {length} characters, a token {len(PREFIX) + 12 + 1 + 43} ({expected})"
+    if not token.startswith(PREFIX):
+        return f"it does not start with {PREFIX} ({expected})"
+    token_id, underscore, secret = token[len(PREFIX) :].partition("_")
+    if not underscore:
+        return f"no '_' between the id and the secret ({expected})"
+    if len(token_id) != 12:
+        return f"the id after {PREFIX} has {len(token_id)} characters, not 12 ({expected})"
+    if not ID.fullmatch(token_id):
+        return f"the id after {PREFIX} is not 12 lower-case hex digits 0-9a-f ({expected})"
+    if not SECRET.fullmatch(secret):
+        return (
+            f"the secret after the id holds characters other than letters and digits ({expected})"
+        )
+    if len(secret) != 43:
+        return f"the secret after the id has {len(secret)} characters, not 43 ({expected})"
+    return expected  # not reached: such a token splits
 
 
 def hash_secret(secret: str) -> bytes:

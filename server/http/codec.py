@@ -22,7 +22,7 @@ import orjson
 from cachetools import LRUCache
 
 from ..datatypes import BF16, FROM_NUMPY, JSON_DECODE, NUMPY, datatype_of
-from ..errors import InvalidRequest, PayloadTooLarge, Unsupported
+from ..errors import InvalidRequest, PayloadTooLarge, Unsupported, show
 from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
 
 _U32 = struct.Struct("<I")
@@ -31,15 +31,18 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 def header_size(header_length: str, body_size: int) -> int:
     """The JSON header's size from Inference-Header-Content-Length, checked against the body."""
-    try:
-        split = int(header_length)
-    except ValueError:
+    text = header_length.strip()
+    # Digits only: int() would also take "-1", "1_000", "+5" and non-ASCII digits.
+    if not (text.isascii() and text.isdigit()):
         raise InvalidRequest(
-            f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-        ) from None
+            "Inference-Header-Content-Length must be a positive integer (the JSON header's "
+            f"bytes), got {show(header_length)}"
+        )
+    split = int(text) if len(text) <= 20 else body_size + 1  # int() refuses 4300+ digits
     if not 0 < split <= body_size:
         raise InvalidRequest(
-            f"Inference-Header-Content-Length {split} does not fit a body of {body_size} bytes"
+            f"Inference-Header-Content-Length {text[:24]} does not fit a body of {body_size} "
+            "bytes (it is the size of the JSON header at the body's start)"
         )
     return split
 
@@ -133,7 +136,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     elif encoding == "deflate":
         wbits = zlib.MAX_WBITS
     else:
-        raise Unsupported(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
+        raise Unsupported(f"unsupported Content-Encoding {show(encoding)} (use gzip or deflate)")
     inflater = zlib.decompressobj(wbits)
     try:
         data = inflater.decompress(body, limit + 1)
@@ -157,7 +160,21 @@ def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | Non
     return body, None
 
 
-_REQUEST_FIELDS = frozenset(("id", "parameters", "inputs", "outputs"))
+_REQUEST_FIELDS = frozenset(
+    ("id", "model_name", "model_version", "parameters", "inputs", "outputs")
+)
+"""The request object's members: the KServe SDK sends model_name (and may send model_version),
+which `DataPlane.check_target` compares with the URL's."""
+
+_MAX_DIMS = 64
+"""numpy's limit on an array's dimensions."""
+
+
+def _bad(where: dict[str, Any], key: str, path: str, expected: str) -> InvalidRequest:
+    """The error for member `key` of `where` (at `path` in the body) that is not `expected`."""
+    if key not in where:
+        return InvalidRequest(f"{path}: missing, expected {expected}")
+    return InvalidRequest(f"{path}: expected {expected}, got {show(where[key])}")
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -168,80 +185,108 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
 def decode_with_offsets(
     body: bytes, header_length: str | None
 ) -> tuple[InferRequest, list[int | None]]:
-    """`decode_request`, and where each binary input's bytes start in the body (None: JSON)."""
+    """`decode_request`, and where each binary input's bytes start in the body (None: JSON).
+
+    Every member is type-checked where it is read (one `type(...) is` per value: no schema
+    validation per request); a wrong one is a 400 naming its path in the body, such as
+    ``inputs[0].datatype: expected a string, got {}``. An optional member given as null is
+    taken as absent (SDKs serialise None so).
+    """
     size = len(body)
     if header_length is not None:
         split = header_size(header_length, size)
         header_bytes: bytes | memoryview = memoryview(body)[:split] if split < size else body
+        view: memoryview | None = memoryview(body)
     else:
         split = size
         header_bytes = body
+        view = None
     try:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON in the inference request: {exc}") from exc
     if type(header) is not dict:
-        raise InvalidRequest("the inference request must be a JSON object")
+        raise InvalidRequest(f"the inference request must be a JSON object, got {show(header)}")
     for key in header:
         if key not in _REQUEST_FIELDS:
             unknown = sorted(set(header) - _REQUEST_FIELDS)
-            raise InvalidRequest(f"unknown field(s) in the inference request: {unknown}")
+            raise InvalidRequest(f"unknown field(s) in the inference request: {show(unknown)}")
+    request_id = header.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise _bad(header, "id", "id", "a string")
+    model_name = header.get("model_name")
+    if model_name is not None and type(model_name) is not str:
+        raise _bad(header, "model_name", "model_name", "a string")
+    model_version = header.get("model_version")
+    if model_version is not None and type(model_version) is not str:
+        raise _bad(header, "model_version", "model_version", "a string")
     parameters = header.get("parameters")
     binary_output = False
     if parameters is not None:
         if type(parameters) is not dict:
-            raise InvalidRequest("'parameters' of the request must be a JSON object")
-        binary_output = bool(parameters.get("binary_data_output", False))
-        _check_reserved(parameters)
+            raise _bad(header, "parameters", "parameters", "a JSON object")
+        binary_output = _request_parameters(parameters)
     raw_inputs = header.get("inputs")
     if type(raw_inputs) is not list or not raw_inputs:
-        raise InvalidRequest("the inference request needs 'inputs', a non-empty list")
+        raise _bad(header, "inputs", "inputs", "a non-empty list of tensors")
     offset = split
-    view = memoryview(body) if split < size else None
     inputs = []
     offsets: list[int | None] = []
     for index, raw in enumerate(raw_inputs):
         if type(raw) is not dict:
-            raise InvalidRequest(f"inputs[{index}] must be a JSON object")
+            raise InvalidRequest(f"inputs[{index}]: expected a JSON object, got {show(raw)}")
         name = raw.get("name")
         if type(name) is not str or not name:
-            raise InvalidRequest(f"inputs[{index}] needs a 'name' (a string)")
+            raise _bad(raw, "name", f"inputs[{index}].name", "a non-empty string")
         datatype = raw.get("datatype")
+        if type(datatype) is not str:
+            raise _bad(raw, "datatype", f"inputs[{index}].datatype", "a string")
         if datatype not in NUMPY:
             raise InvalidRequest(
-                f"input '{name}': unknown datatype {datatype!r} (KServe v2 datatypes: "
+                f"input '{name}': unknown datatype {show(datatype)} (KServe v2 datatypes: "
                 f"{', '.join(NUMPY)})"
             )
         shape = raw.get("shape")
         if type(shape) is not list:
+            raise _bad(raw, "shape", f"inputs[{index}].shape", "a list of non-negative integers")
+        if len(shape) > _MAX_DIMS:
             raise InvalidRequest(
-                f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"
+                f"inputs[{index}].shape: {len(shape)} dimensions, at most {_MAX_DIMS} are supported"
             )
         count = 1
-        for dim in shape:
+        for axis, dim in enumerate(shape):
             if type(dim) is not int or dim < 0:  # bool is not a dim
                 raise InvalidRequest(
-                    f"input '{name}': 'shape' must be a list of non-negative integers, "
-                    f"got {shape!r}"
+                    f"inputs[{index}].shape[{axis}]: expected a non-negative integer, "
+                    f"got {show(dim)}"
                 )
             count *= dim
         params = raw.get("parameters")
         nbytes = None
         if params is not None:
             if type(params) is not dict:
-                raise InvalidRequest(f"'parameters' of the input '{name}' must be a JSON object")
+                raise _bad(raw, "parameters", f"inputs[{index}].parameters", "a JSON object")
             nbytes = params.get("binary_data_size")
+            if nbytes is not None and (type(nbytes) is not int or nbytes < 0):
+                raise _bad(
+                    params,
+                    "binary_data_size",
+                    f"inputs[{index}].parameters.binary_data_size",
+                    "a non-negative integer",
+                )
+        data = raw.get("data")
         if nbytes is not None:
-            if "data" in raw:
+            if data is not None:
                 raise InvalidRequest(
                     f"input '{name}': give either 'data' or binary_data_size, not both"
                 )
-            if type(nbytes) is not int or nbytes < 0:
+            if view is None:
                 raise InvalidRequest(
-                    f"input '{name}': binary_data_size must be a non-negative integer"
+                    f"input '{name}': binary_data_size needs the binary tensor extension "
+                    "(the Inference-Header-Content-Length header is missing)"
                 )
             end = offset + nbytes
-            if end > size or view is None:
+            if end > size:
                 raise InvalidRequest(
                     f"input '{name}': binary_data_size {nbytes} runs past the end of the body "
                     f"({size - offset} bytes left)"
@@ -250,8 +295,10 @@ def decode_with_offsets(
             inputs.append(InferInput(name, datatype, array))
             offsets.append(offset)
             offset = end
-        elif "data" in raw:
-            array = _from_json(name, datatype, shape, count, raw["data"])
+        elif data is not None:
+            if type(data) is not list:
+                raise _bad(raw, "data", f"inputs[{index}].data", "a list")
+            array = _from_json(name, datatype, shape, count, data)
             inputs.append(InferInput(name, datatype, array))
             offsets.append(None)
         else:
@@ -263,18 +310,41 @@ def decode_with_offsets(
         )
     raw_outputs = header.get("outputs")
     outputs = None if raw_outputs is None else _outputs(raw_outputs)
-    request_id = header.get("id")
-    if request_id is not None and type(request_id) is not str:
-        raise InvalidRequest(f"'id' must be a string, got {type(request_id).__name__}")
-    return InferRequest(inputs, outputs, request_id, parameters, binary_output), offsets
+    request = InferRequest(
+        inputs, outputs, request_id, parameters, binary_output, model_name, model_version
+    )
+    return request, offsets
 
 
-def _check_reserved(parameters: dict[str, Any]) -> None:
-    for name in ("sequence_id", "sequence_start", "sequence_end"):
-        if parameters.get(name):
+_SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
+_COUNTS = ("priority", "timeout")
+"""Reserved parameters that are unsigned integers (timeout in microseconds)."""
+
+
+def _request_parameters(parameters: dict[str, Any]) -> bool:
+    """Check the reserved request parameters; whether every output is asked for binary."""
+    binary = parameters.get("binary_data_output")
+    if binary is None:
+        binary = False
+    elif type(binary) is not bool:  # "false" is a string, not false
+        raise _bad(parameters, "binary_data_output", "parameters.binary_data_output", "a boolean")
+    for key in _COUNTS:
+        value = parameters.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            raise _bad(parameters, key, f"parameters.{key}", "a non-negative integer")
+    for key in _SEQUENCE:
+        if parameters.get(key):
             raise InvalidRequest(
-                f"parameter {name!r}: sequence batching is not supported by this model"
+                f"parameters.{key}: sequence batching is not supported by this model"
             )
+    return binary
+
+
+def _reshape(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:  # an empty tensor with dims numpy cannot index
+        raise InvalidRequest(f"input '{name}': shape {shape} is too large: {exc}") from None
 
 
 def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
@@ -288,17 +358,24 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
         kind = parsed.dtype.kind
         if datatype == "BOOL":
             if kind != "b" and parsed.size:
-                raise InvalidRequest(f"input '{name}': BOOL data must be true/false values")
+                raise InvalidRequest(
+                    f"input '{name}': BOOL data must be true/false values, got "
+                    f"{_first_not(data, bool)}"
+                )
             array = parsed.astype(np.bool_, copy=False)
         else:
             if kind not in "biuf" or (kind == "b" and parsed.size):
                 raise InvalidRequest(
-                    f"input '{name}': {datatype} data must be numbers, got {_kind_name(parsed)}"
+                    f"input '{name}': {datatype} data must be numbers, got "
+                    f"{_first_not(data, int, float)}"
                 )
             target = JSON_DECODE[datatype]
             if target.kind in "iu":
                 if kind == "f" and parsed.size:
-                    raise InvalidRequest(f"input '{name}': {datatype} data must be integers")
+                    raise InvalidRequest(
+                        f"input '{name}': {datatype} data must be integers, got "
+                        f"{_first_not(data, int)}"
+                    )
                 info = np.iinfo(target)
                 if parsed.size and (parsed.min() < info.min or parsed.max() > info.max):
                     raise InvalidRequest(
@@ -312,26 +389,33 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
         raise InvalidRequest(
             f"input '{name}': shape {shape} needs {count} elements, 'data' has {array.size}"
         )
-    return array.reshape(shape)
+    return _reshape(name, array, shape)
 
 
-def _kind_name(array: np.ndarray) -> str:
-    return {"U": "strings", "S": "strings", "O": "mixed or null values"}.get(
-        array.dtype.kind, str(array.dtype)
-    )
-
-
-def _strings(name: str, data: Any) -> np.ndarray:
-    flat: list[bytes] = []
-    stack = [data] if not isinstance(data, list) else list(reversed(data))
+def _first_not(data: list[Any], *types: type) -> str:
+    """The first element of nested `data` whose type is none of `types`, shown as JSON (only
+    on the error path: the decode itself never walks the elements in Python)."""
+    stack = list(reversed(data))
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        if type(item) is list:
+            stack.extend(reversed(item))
+        elif type(item) not in types:
+            return show(item)
+    return "a mix of types"
+
+
+def _strings(name: str, data: list[Any]) -> np.ndarray:
+    flat: list[bytes] = []
+    stack = list(reversed(data))
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
             flat.append(item.encode())
-        elif isinstance(item, list):
+        elif type(item) is list:
             stack.extend(reversed(item))
         else:
-            raise InvalidRequest(f"input '{name}': BYTES data must be strings, got {item!r:.40}")
+            raise InvalidRequest(f"input '{name}': BYTES data must be strings, got {show(item)}")
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array
@@ -341,14 +425,14 @@ def _from_binary(
     name: str, datatype: str, shape: list[int], count: int, chunk: memoryview
 ) -> np.ndarray:
     if datatype == "BYTES":
-        return _decode_bytes(name, chunk, count).reshape(shape)
+        return _reshape(name, _decode_bytes(name, chunk, count), shape)
     dtype = NUMPY[datatype]
     if len(chunk) != count * dtype.itemsize:
         raise InvalidRequest(
             f"input '{name}': shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
             f"binary_data_size is {len(chunk)}"
         )
-    array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+    array = _reshape(name, np.frombuffer(chunk, dtype=dtype), shape)
     if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
         raise InvalidRequest(f"input '{name}': BOOL bytes must be 0 or 1")
     return array
@@ -356,6 +440,11 @@ def _from_binary(
 
 def _decode_bytes(name: str, chunk: memoryview, count: int) -> np.ndarray:
     """Each element: a 4-byte little-endian length, then that many bytes."""
+    if count > len(chunk) // 4:  # before allocating `count` slots for a shape a client chose
+        raise InvalidRequest(
+            f"input '{name}': {count} BYTES elements need at least {4 * count} bytes (a 4-byte "
+            f"length each), binary_data_size is {len(chunk)}"
+        )
     raw = chunk.tobytes()
     out = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
@@ -378,27 +467,34 @@ def _decode_bytes(name: str, chunk: memoryview, count: int) -> np.ndarray:
     return out
 
 
-def _outputs(raw: Any) -> list[RequestedOutput] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        raise InvalidRequest("'outputs' must be a list")
+def _outputs(raw: Any) -> list[RequestedOutput]:
+    if type(raw) is not list:
+        raise InvalidRequest(f"outputs: expected a list, got {show(raw)}")
     outputs = []
     for index, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise InvalidRequest(f"outputs[{index}] must be an object with a 'name'")
+        if type(item) is not dict:
+            raise InvalidRequest(f"outputs[{index}]: expected a JSON object, got {show(item)}")
+        name = item.get("name")
+        if type(name) is not str or not name:
+            raise _bad(item, "name", f"outputs[{index}].name", "a non-empty string")
         parameters = item.get("parameters")
-        if parameters is None:
-            parameters = {}
-        elif type(parameters) is not dict:
-            raise InvalidRequest(
-                f"'parameters' of the output '{item['name']}' must be a JSON object"
-            )
-        if parameters.get("classification"):
-            raise Unsupported(
-                f"output '{item['name']}': the classification extension is not supported"
-            )
-        outputs.append(RequestedOutput(item["name"], bool(parameters.get("binary_data", False))))
+        binary: Any = False
+        if parameters is not None:
+            if type(parameters) is not dict:
+                raise _bad(item, "parameters", f"outputs[{index}].parameters", "a JSON object")
+            binary = parameters.get("binary_data")
+            if binary is None:
+                binary = False
+            elif type(binary) is not bool:  # "false" is a string, not false
+                raise _bad(
+                    parameters,
+                    "binary_data",
+                    f"outputs[{index}].parameters.binary_data",
+                    "a boolean",
+                )
+            if parameters.get("classification"):
+                raise Unsupported(f"output '{name}': the classification extension is not supported")
+        outputs.append(RequestedOutput(name, binary))
     return outputs
 
 

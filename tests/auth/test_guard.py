@@ -312,6 +312,15 @@ async def test_malformed_and_unknown_tokens_get_401(h: Harness) -> None:
         (f"Bearer {token[:-1]}", "malformed API token"),
         ("Bearer " + "A" * 8000, "malformed API token"),
         ("Bearer cinfer_' OR 1=1; --_x", "malformed API token"),
+        (
+            "Bearer cinfer_000000000000_wrongsecret",
+            "malformed API token: the secret after the id has 11 characters, not 43 "
+            "(expected cinfer_<12 hex digits>_<43 letters and digits>)",
+        ),
+        (
+            f"Bearer cinfer_ABCDEF012345_{'A' * 43}",
+            "malformed API token: the id after cinfer_ is not 12 lower-case hex digits",
+        ),
         ("Basic dXNlcjpwYXNz", "must be 'Bearer <token>'"),
         (token, "must be 'Bearer <token>'"),
         (f"Bearer {wrong_secret}", "unknown API token"),

@@ -9,6 +9,7 @@ from server.auth.tokens import (
     Token,
     TokenPatch,
     TokenSpec,
+    diagnose,
     generate,
     iso,
     month_of,
@@ -49,6 +50,52 @@ def test_generated_tokens_have_the_documented_shape_and_only_the_hash_is_kept() 
 )
 def test_tokens_of_the_wrong_shape_do_not_split(text: str) -> None:
     assert split(text) is None
+    assert diagnose(text).endswith("(expected cinfer_<12 hex digits>_<43 letters and digits>)")
+
+
+SECRET = "a" * 43
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "the token is empty"),
+        ("A" * 300, "it has 300 characters, a token 63"),
+        ("Cinfer_0123456789ab_" + SECRET, "it does not start with cinfer_"),
+        ("ghp_0123456789ab_" + SECRET, "it does not start with cinfer_"),
+        ("cinfer_0123456789ab" + SECRET, "no '_' between the id and the secret"),
+        ("cinfer_", "no '_' between the id and the secret"),
+        ("cinfer_0123_" + SECRET, "the id after cinfer_ has 4 characters, not 12"),
+        ("cinfer_0123456789abc_" + SECRET, "the id after cinfer_ has 13 characters, not 12"),
+        (
+            "cinfer_0123456789AB_" + SECRET,
+            "the id after cinfer_ is not 12 lower-case hex digits 0-9a-f",
+        ),
+        (
+            "cinfer_0123456789xy_" + SECRET,
+            "the id after cinfer_ is not 12 lower-case hex digits 0-9a-f",
+        ),
+        ("cinfer_000000000000_wrongsecret", "the secret after the id has 11 characters, not 43"),
+        (
+            "cinfer_0123456789ab_" + SECRET + "a",
+            "the secret after the id has 44 characters, not 43",
+        ),
+        ("cinfer_0123456789ab_", "the secret after the id has 0 characters, not 43"),
+        (
+            "cinfer_0123456789ab_" + "a" * 42 + "-",
+            "the secret after the id holds characters other than letters and digits",
+        ),
+        (
+            "cinfer_0123456789ab_" + SECRET + "\n",
+            "the secret after the id holds characters other than letters and digits",
+        ),
+    ],
+)
+def test_diagnose_says_which_part_is_wrong_without_echoing_it(text: str, problem: str) -> None:
+    assert split(text) is None
+    message = diagnose(text)
+    assert message == f"{problem} (expected cinfer_<12 hex digits>_<43 letters and digits>)"
+    assert "wrongsecret" not in message and SECRET not in message
 
 
 def test_expiry_forms() -> None:

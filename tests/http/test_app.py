@@ -366,10 +366,10 @@ async def test_infer_errors(
         (
             b'{"inputs": []}xxxx',
             {"Inference-Header-Content-Length": "14"},
-            "the inference request needs 'inputs', a non-empty list",
+            "inputs: expected a non-empty list of tensors, got []",
         ),
         (b"{}", {"Inference-Header-Content-Length": "99"}, "Inference-Header-Content-Length 99"),
-        (b"{}", {"Inference-Header-Content-Length": "two"}, "must be an integer"),
+        (b"{}", {"Inference-Header-Content-Length": "two"}, "must be a positive integer"),
         (b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, "body is not valid gzip data"),
     ],
 )
@@ -505,3 +505,368 @@ async def test_shutdown_unloads_models(repository: Path) -> None:
     assert version.pool is None and version.state.value == "UNAVAILABLE"
     assert dataplane.reconciler.models == {}
     shutil.rmtree(repository)
+
+
+# -- issue 11: every member of a body is type-checked; client errors are never BACKEND ---------
+
+BINARY_FEATURES = {
+    "name": "features",
+    "shape": [1, 4],
+    "datatype": "FP32",
+    "parameters": {"binary_data_size": 16},
+}
+MISSING = object()
+
+
+def malformed(binary: bool, path: tuple[str | int, ...], value: object) -> tuple[bytes, dict]:
+    """The iris request, JSON or binary, with the member at `path` set to `value` (MISSING:
+    removed); the body and its headers."""
+    request: dict = {
+        "id": "r-1",
+        "inputs": [json.loads(json.dumps(BINARY_FEATURES if binary else FEATURES))],
+        "outputs": [{"name": "class"}],
+    }
+    where: dict | list = request
+    for key in path[:-1]:
+        where = where[key]  # type: ignore[index]
+    if value is MISSING:
+        del where[path[-1]]  # type: ignore[arg-type]
+    else:
+        where[path[-1]] = value  # type: ignore[index]
+    header = json.dumps(request).encode()
+    if not binary:
+        return header, {}
+    blob = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32).tobytes()
+    return header + blob, {"Inference-Header-Content-Length": str(len(header))}
+
+
+FIELD_ERRORS = [
+    (("inputs", 0, "datatype"), {}, "inputs[0].datatype: expected a string, got {}"),
+    (("inputs", 0, "datatype"), [], "inputs[0].datatype: expected a string, got []"),
+    (("inputs", 0, "datatype"), [1], "inputs[0].datatype: expected a string, got [1]"),
+    (("inputs", 0, "datatype"), None, "inputs[0].datatype: expected a string, got null"),
+    (("inputs", 0, "datatype"), MISSING, "inputs[0].datatype: missing, expected a string"),
+    (("inputs", 0, "datatype"), "fp32", "input 'features': unknown datatype \"fp32\""),
+    (("inputs", 0, "name"), 7, "inputs[0].name: expected a non-empty string, got 7"),
+    (("inputs", 0, "name"), "", 'inputs[0].name: expected a non-empty string, got ""'),
+    (("inputs", 0, "name"), MISSING, "inputs[0].name: missing, expected a non-empty string"),
+    (
+        ("inputs", 0, "shape"),
+        "1,4",
+        'inputs[0].shape: expected a list of non-negative integers, got "1,4"',
+    ),
+    (
+        ("inputs", 0, "shape"),
+        {"rows": 1},
+        'inputs[0].shape: expected a list of non-negative integers, got {"rows":1}',
+    ),
+    (
+        ("inputs", 0, "shape"),
+        MISSING,
+        "inputs[0].shape: missing, expected a list of non-negative integers",
+    ),
+    (
+        ("inputs", 0, "shape"),
+        [1, True],
+        "inputs[0].shape[1]: expected a non-negative integer, got true",
+    ),
+    (
+        ("inputs", 0, "shape"),
+        [1, 4.0],
+        "inputs[0].shape[1]: expected a non-negative integer, got 4.0",
+    ),
+    (
+        ("inputs", 0, "shape"),
+        [-1, 4],
+        "inputs[0].shape[0]: expected a non-negative integer, got -1",
+    ),
+    (
+        ("inputs", 0, "shape"),
+        [1, "4"],
+        'inputs[0].shape[1]: expected a non-negative integer, got "4"',
+    ),
+    (
+        ("inputs", 0, "shape"),
+        [1, None],
+        "inputs[0].shape[1]: expected a non-negative integer, got null",
+    ),
+    (("inputs", 0, "parameters"), [], "inputs[0].parameters: expected a JSON object, got []"),
+    (
+        ("inputs", 0, "parameters"),
+        "binary",
+        'inputs[0].parameters: expected a JSON object, got "binary"',
+    ),
+    (("inputs", 0), "features", 'inputs[0]: expected a JSON object, got "features"'),
+    (
+        ("inputs",),
+        {"features": [1]},
+        'inputs: expected a non-empty list of tensors, got {"features":[1]}',
+    ),
+    (("inputs",), [], "inputs: expected a non-empty list of tensors, got []"),
+    (("inputs",), MISSING, "inputs: missing, expected a non-empty list of tensors"),
+    (("id",), 42, "id: expected a string, got 42"),
+    (("id",), {"nested": [1]}, 'id: expected a string, got {"nested":[1]}'),
+    (("model_name",), 5, "model_name: expected a string, got 5"),
+    (("model_name",), ["iris"], 'model_name: expected a string, got ["iris"]'),
+    (("model_version",), 1, "model_version: expected a string, got 1"),
+    (
+        ("model_name",),
+        "digits",
+        'model_name "digits" in the body does not match the model "iris" the request is addressed to',
+    ),
+    (
+        ("model_version",),
+        "2",
+        'model_version "2" in the body does not match version "1" of model "iris"',
+    ),
+    (("parameters",), "binary", 'parameters: expected a JSON object, got "binary"'),
+    (("parameters",), [1], "parameters: expected a JSON object, got [1]"),
+    (
+        ("parameters",),
+        {"binary_data_output": "false"},
+        'parameters.binary_data_output: expected a boolean, got "false"',
+    ),
+    (
+        ("parameters",),
+        {"binary_data_output": "no"},
+        'parameters.binary_data_output: expected a boolean, got "no"',
+    ),
+    (
+        ("parameters",),
+        {"binary_data_output": 1},
+        "parameters.binary_data_output: expected a boolean, got 1",
+    ),
+    (
+        ("parameters",),
+        {"priority": "high"},
+        'parameters.priority: expected a non-negative integer, got "high"',
+    ),
+    (
+        ("parameters",),
+        {"timeout": -1},
+        "parameters.timeout: expected a non-negative integer, got -1",
+    ),
+    (
+        ("parameters",),
+        {"timeout": True},
+        "parameters.timeout: expected a non-negative integer, got true",
+    ),
+    (
+        ("parameters",),
+        {"sequence_id": 3},
+        "parameters.sequence_id: sequence batching is not supported",
+    ),
+    (("outputs",), {"name": "class"}, 'outputs: expected a list, got {"name":"class"}'),
+    (("outputs", 0), "class", 'outputs[0]: expected a JSON object, got "class"'),
+    (("outputs", 0, "name"), 3, "outputs[0].name: expected a non-empty string, got 3"),
+    (("outputs", 0, "name"), MISSING, "outputs[0].name: missing, expected a non-empty string"),
+    (("outputs", 0, "parameters"), [], "outputs[0].parameters: expected a JSON object, got []"),
+    (
+        ("outputs", 0, "parameters"),
+        {"binary_data": "false"},
+        'outputs[0].parameters.binary_data: expected a boolean, got "false"',
+    ),
+    (
+        ("outputs", 0, "parameters"),
+        {"binary_data": 0},
+        "outputs[0].parameters.binary_data: expected a boolean, got 0",
+    ),
+    (("outputs", 0, "name"), "colour", "unknown output 'colour' requested from model 'iris'"),
+    (("model",), "iris", 'unknown field(s) in the inference request: ["model"]'),
+]
+
+JSON_ONLY = [
+    (("inputs", 0, "data"), {"a": 1}, 'inputs[0].data: expected a list, got {"a":1}'),
+    (("inputs", 0, "data"), 5, "inputs[0].data: expected a list, got 5"),
+    (("inputs", 0, "data"), "1,2,3,4", 'inputs[0].data: expected a list, got "1,2,3,4"'),
+    (("inputs", 0, "data"), MISSING, "input 'features' has neither 'data' nor binary_data_size"),
+    (
+        ("inputs", 0, "data"),
+        [1, 2, 3, None],
+        "input 'features': FP32 data must be numbers, got null",
+    ),
+    (("inputs", 0, "data"), [1, 2, 3, {}], "input 'features': FP32 data must be numbers, got {}"),
+    (
+        ("inputs", 0, "data"),
+        [1, 2, 3, "4"],
+        "input 'features': FP32 data must be numbers, got \"4\"",
+    ),
+    (("inputs", 0, "data"), [[1, 2], [3]], "input 'features': 'data' is not a regular array"),
+    (
+        ("inputs", 0),
+        {"name": "features", "shape": [0, 2**62], "datatype": "FP32", "data": []},
+        "input 'features': shape [0, 4611686018427387904] is too large",
+    ),
+]
+
+BINARY_ONLY = [
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        "16",
+        'inputs[0].parameters.binary_data_size: expected a non-negative integer, got "16"',
+    ),
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        True,
+        "inputs[0].parameters.binary_data_size: expected a non-negative integer, got true",
+    ),
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        16.0,
+        "inputs[0].parameters.binary_data_size: expected a non-negative integer, got 16.0",
+    ),
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        -16,
+        "inputs[0].parameters.binary_data_size: expected a non-negative integer, got -16",
+    ),
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        12,
+        "input 'features': shape [1, 4] of FP32 needs 16 bytes, binary_data_size is 12",
+    ),
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        20,
+        "input 'features': binary_data_size 20 runs past the end of the body (16 bytes left)",
+    ),
+    (
+        ("inputs", 0, "parameters", "binary_data_size"),
+        MISSING,
+        "input 'features' has neither 'data' nor binary_data_size",
+    ),
+    (
+        ("inputs", 0, "shape"),
+        [1, 2],
+        "input 'features': shape [1, 2] of FP32 needs 8 bytes, binary_data_size is 16",
+    ),
+    (
+        ("inputs", 0, "data"),
+        [1, 2, 3, 4],
+        "input 'features': give either 'data' or binary_data_size, not both",
+    ),
+]
+
+
+def field_cases() -> list:
+    cases = []
+    for binary, table in ((False, FIELD_ERRORS + JSON_ONLY), (True, FIELD_ERRORS + BINARY_ONLY)):
+        for path, value, message in table:
+            label = f"{'binary' if binary else 'json'}:{'.'.join(map(str, path))}={value!r}"
+            cases.append(pytest.param(binary, path, value, message, id=label))
+    return cases
+
+
+async def failures(client: object, reason: str) -> float:
+    text = (await client.get("/metrics")).text  # type: ignore[attr-defined]
+    prefix = f'nv_inference_request_failure{{model="iris",reason="{reason}",version="1"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+@pytest.fixture
+def iris_only(repo: Path) -> Path:
+    shutil.copytree(onnx_models.SAMPLES / "iris", repo / "iris")
+    return repo
+
+
+@pytest.mark.parametrize(("binary", "path", "value", "message"), field_cases())
+async def test_every_member_is_type_checked_and_named(
+    iris_only: Path, binary: bool, path: tuple, value: object, message: str
+) -> None:
+    content, headers = malformed(binary, path, value)
+    async with running_app(iris_only) as (client, dataplane):
+        response = await client.post("/v2/models/iris/infer", content=content, headers=headers)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error.startswith(message), error
+        stats = dataplane.version("iris", None).requests
+        assert stats.failures["BACKEND"] == 0 and stats.failures["OTHER"] == 1
+        assert await failures(client, "BACKEND") == 0
+        assert await failures(client, "OTHER") == 1
+        # The same request, well formed, is answered.
+        fine, fine_headers = malformed(binary, ("id",), "r-2")
+        ok = await client.post("/v2/models/iris/infer", content=fine, headers=fine_headers)
+        assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("header_length", "message"),
+    [
+        (
+            "-5",
+            'Inference-Header-Content-Length must be a positive integer (the JSON header\'s bytes), got "-5"',
+        ),
+        ("1e3", 'got "1e3"'),
+        ("0x20", 'got "0x20"'),
+        ("", 'got ""'),
+        ("0", "Inference-Header-Content-Length 0 does not fit a body of"),
+        ("100000", "Inference-Header-Content-Length 100000 does not fit a body of"),
+        ("9" * 5000, "Inference-Header-Content-Length 999999999999999999999999 does not fit"),
+        ("10", "malformed JSON in the inference request"),
+    ],
+)
+async def test_garbage_header_lengths_are_400(
+    iris_only: Path, header_length: str, message: str
+) -> None:
+    content, _ = malformed(True, ("id",), "r-1")
+    async with running_app(iris_only) as (client, _):
+        response = await client.post(
+            "/v2/models/iris/infer",
+            content=content,
+            headers={"Inference-Header-Content-Length": header_length},
+        )
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"], response.json()["error"]
+
+
+def length_prefixed(*values: bytes) -> bytes:
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (length_prefixed(b"a"), "input 'INPUT0': 2 BYTES elements need at least 8 bytes"),
+        (
+            length_prefixed(b"ab", b"cd")[:-1],
+            "input 'INPUT0': BYTES element 1 claims 2 bytes, only 1 are left",
+        ),
+        (
+            length_prefixed(b"ab") + b"\xff\xff\xff\xff",
+            "input 'INPUT0': BYTES element 1 claims 4294967295 bytes, only 0 are left",
+        ),
+        (
+            length_prefixed(b"a", b"b") + b"!",
+            "input 'INPUT0': 1 bytes left over after 2 BYTES elements",
+        ),
+        (
+            length_prefixed(b"abc") + b"\x00\x00\x00",
+            "input 'INPUT0': BYTES data ends after 1 of 2 elements",
+        ),
+    ],
+)
+async def test_malformed_bytes_length_prefixes_are_400(
+    repository: Path, blob: bytes, message: str
+) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "shape": [1, 2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    ).encode()
+    async with running_app(repository) as (client, dataplane):
+        response = await client.post(
+            "/v2/models/strings/infer",
+            content=header + blob,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"].startswith(message), response.json()["error"]
+        assert dataplane.version("strings", None).requests.failures["BACKEND"] == 0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import zlib
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 
 from server.datatypes import BF16, NUMPY
-from server.errors import InvalidRequest, PayloadTooLarge, Unsupported
+from server.errors import InvalidRequest, PayloadTooLarge, Unsupported, show
 from server.http.codec import (
     compress,
     decode_request,
@@ -72,11 +73,11 @@ def test_json_nested_data_and_bool_bf16_bytes() -> None:
         ),
         (
             {"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", "b"]},
-            r"input 'x': FP32 data must be numbers, got strings",
+            r'input \'x\': FP32 data must be numbers, got "a"',
         ),
         (
             {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, None]},
-            r"input 'x': FP32 data must be numbers, got mixed or null",
+            r"input 'x': FP32 data must be numbers, got null",
         ),
         (
             {"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]},
@@ -88,30 +89,36 @@ def test_json_nested_data_and_bool_bf16_bytes() -> None:
         ),
         (
             {"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]},
-            r"input 'x': INT32 data must be integers",
+            r"input 'x': INT32 data must be integers, got 1.5",
         ),
         (
             {"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]},
-            r"input 'x': BOOL data must be true/false",
+            r"input 'x': BOOL data must be true/false values, got 1",
         ),
         (
             {"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]},
-            r"input 'x': BYTES data must be strings",
+            r"input 'x': BYTES data must be strings, got 1",
         ),
         (
             {"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]},
-            r"input 'x': unknown datatype 'FLOAT'",
+            r'input \'x\': unknown datatype "FLOAT" \(KServe v2 datatypes: BOOL, ',
         ),
         (
             {"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]},
-            r"input 'x': 'shape' must be a list of non-negative integers",
+            r"inputs\[0\]\.shape\[0\]: expected a non-negative integer, got -1",
         ),
-        ({"name": "x", "shape": "3", "datatype": "FP32", "data": [1]}, r"'shape' must be a list"),
+        (
+            {"name": "x", "shape": "3", "datatype": "FP32", "data": [1]},
+            r'inputs\[0\]\.shape: expected a list of non-negative integers, got "3"',
+        ),
         (
             {"name": "x", "shape": [1], "datatype": "FP32"},
             r"input 'x' has neither 'data' nor binary_data_size",
         ),
-        ({"shape": [1], "datatype": "FP32", "data": [1]}, r"inputs\[0\] needs a 'name'"),
+        (
+            {"shape": [1], "datatype": "FP32", "data": [1]},
+            r"inputs\[0\]\.name: missing, expected a non-empty string",
+        ),
     ],
 )
 def test_json_input_errors_name_the_tensor(tensor: dict, message: str) -> None:
@@ -123,17 +130,18 @@ def test_json_input_errors_name_the_tensor(tensor: dict, message: str) -> None:
     ("raw", "message"),
     [
         (b"{not json", r"malformed JSON"),
-        (b"[1, 2]", r"must be a JSON object"),
-        (b'{"inputs": []}', r"needs 'inputs', a non-empty list"),
-        (b'{"inputs": [1]}', r"inputs\[0\] must be a JSON object"),
-        (b'{"inputz": []}', r"unknown field\(s\) in the inference request: \['inputz'\]"),
+        (b"[1, 2]", r"must be a JSON object, got \[1,2\]"),
+        (b'{"inputs": []}', r"inputs: expected a non-empty list of tensors, got \[\]"),
+        (b'{"id": "x"}', r"inputs: missing, expected a non-empty list of tensors"),
+        (b'{"inputs": [1]}', r"inputs\[0\]: expected a JSON object, got 1"),
+        (b'{"inputz": []}', r'unknown field\(s\) in the inference request: \["inputz"\]'),
         (
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": {}}',
-            r"'outputs' must be a list",
+            r"outputs: expected a list, got \{\}",
         ),
         (
             b'{"parameters": {"sequence_id": 7}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}',
-            r"sequence batching is not supported",
+            r"parameters.sequence_id: sequence batching is not supported",
         ),
     ],
 )
@@ -205,9 +213,19 @@ def test_binary_inputs_of_every_kind() -> None:
             r"binary_data_size 12 runs past the end of the body \(8 bytes left\)",
         ),
         (12, b"\0" * 16, None, r"4 bytes of binary data that no input claims"),
-        (12, b"\0" * 12, "abc", r"Inference-Header-Content-Length must be an integer"),
+        (
+            12,
+            b"\0" * 12,
+            "abc",
+            r'Inference-Header-Content-Length must be a positive integer \(the JSON header\'s bytes\), got "abc"',
+        ),
         (12, b"\0" * 12, "100000", r"does not fit a body of"),
-        (-1, b"", None, r"binary_data_size must be a non-negative integer"),
+        (
+            -1,
+            b"",
+            None,
+            r"inputs\[0\]\.parameters\.binary_data_size: expected a non-negative integer, got -1",
+        ),
     ],
 )
 def test_binary_errors(size: int, blob: bytes, length: str | None, message: str) -> None:
@@ -229,8 +247,12 @@ def test_binary_errors(size: int, blob: bytes, length: str | None, message: str)
 @pytest.mark.parametrize(
     ("blob", "message"),
     [
-        (struct.pack("<I", 10) + b"abc", r"BYTES element 0 claims 10 bytes, only 3 are left"),
-        (struct.pack("<I", 1) + b"a", r"BYTES data ends after 1 of 2 elements"),
+        (struct.pack("<I", 10) + b"abcd", r"BYTES element 0 claims 10 bytes, only 4 are left"),
+        (struct.pack("<I", 1) + b"abcd", r"BYTES data ends after 1 of 2 elements"),
+        (
+            struct.pack("<I", 1) + b"a",
+            r"2 BYTES elements need at least 8 bytes \(a 4-byte length each\), binary_data_size is 5",
+        ),
         (bytes_blob([b"a", b"b"]) + b"zz", r"2 bytes left over after 2 BYTES elements"),
     ],
 )
@@ -340,3 +362,131 @@ def test_gzip_and_deflate_round_trip_and_limits() -> None:
     packed, used = compress(raw, "deflate")
     assert used == "deflate" and zlib.decompress(packed) == raw
     assert compress(raw, "br") == (raw, None)
+
+
+X = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+
+
+def test_the_kserve_sdk_fields_are_decoded() -> None:
+    request = decode_request(body(X, model_name="iris", model_version="1", id="u-1"), None)
+    assert (request.model_name, request.model_version, request.id) == ("iris", "1", "u-1")
+    bare = decode_request(body(X), None)
+    assert (bare.model_name, bare.model_version) == (None, None)
+
+
+def test_optional_members_given_as_null_are_absent() -> None:
+    raw = body(
+        {**X, "parameters": None},
+        id=None,
+        parameters=None,
+        outputs=None,
+        model_name=None,
+        model_version=None,
+    )
+    request = decode_request(raw, None)
+    assert request.id is None and request.outputs is None and not request.binary_output
+    nulls = body(
+        X,
+        parameters={"binary_data_output": None},
+        outputs=[{"name": "y", "parameters": {"binary_data": None}}],
+    )
+    assert decode_request(nulls, None).outputs == [RequestedOutput("y", False)]
+
+
+@pytest.mark.parametrize("value", ["false", "no", "true", 0, 1, [], {}])
+def test_binary_flags_must_be_booleans(value: object) -> None:
+    with pytest.raises(
+        InvalidRequest,
+        match=rf"^parameters\.binary_data_output: expected a boolean, got {re.escape(orjson.dumps(value).decode())}$",
+    ):
+        decode_request(body(X, parameters={"binary_data_output": value}), None)
+    with pytest.raises(
+        InvalidRequest, match=r"^outputs\[1\]\.parameters\.binary_data: expected a boolean, got "
+    ):
+        decode_request(
+            body(X, outputs=[{"name": "y"}, {"name": "z", "parameters": {"binary_data": value}}]),
+            None,
+        )
+
+
+def test_binary_data_output_false_answers_json() -> None:
+    request = decode_request(body(X, parameters={"binary_data_output": False}), None)
+    payload, length = encode_response(
+        InferResponse("m", "1", {"y": np.array([2.0], np.float32)}, request)
+    )
+    assert length is None and orjson.loads(payload)["outputs"][0]["data"] == [2.0]
+
+
+@pytest.mark.parametrize(
+    ("header_length", "message"),
+    [
+        ("-5", r'must be a positive integer \(the JSON header\'s bytes\), got "-5"'),
+        ("+5", r'got "\+5"'),
+        ("1_0", r'got "1_0"'),
+        ("١٢", r"must be a positive integer"),
+        ("", r'got ""'),
+        ("0", r"Inference-Header-Content-Length 0 does not fit a body of"),
+        ("9" * 5000, r"Inference-Header-Content-Length 9{24} does not fit a body of"),
+    ],
+)
+def test_garbage_header_lengths(header_length: str, message: str) -> None:
+    raw, _ = binary_body({"inputs": [X]})
+    with pytest.raises(InvalidRequest, match=message):
+        decode_request(raw, header_length)
+
+
+def test_binary_data_size_without_the_header_length() -> None:
+    raw = body(
+        {"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}
+    )
+    with pytest.raises(
+        InvalidRequest, match=r"input 'x': binary_data_size needs the binary tensor extension"
+    ):
+        decode_request(raw, None)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[0, 2**62], [0, 2**63 - 1, 2**63 - 1]],
+)
+@pytest.mark.parametrize("binary", [False, True])
+def test_empty_tensors_of_impossible_shapes(shape: list[int], binary: bool) -> None:
+    tensor = {"name": "x", "shape": shape, "datatype": "FP32"}
+    if binary:
+        raw, length = binary_body({"inputs": [{**tensor, "parameters": {"binary_data_size": 0}}]})
+    else:
+        raw, length = body({**tensor, "data": []}), None
+    with pytest.raises(InvalidRequest, match=r"input 'x': shape \[0, \d+.* is too large"):
+        decode_request(raw, length)
+
+
+def test_a_bytes_shape_larger_than_its_bytes_is_refused_before_allocating() -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "s",
+                "shape": [10**12, 10**12],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": 8},
+            }
+        ]
+    }
+    raw, length = binary_body(header, bytes_blob([b"abcd"]))
+    with pytest.raises(
+        InvalidRequest, match=r"input 's': 1000000000000000000000000 BYTES elements need at least"
+    ):
+        decode_request(raw, length)
+
+
+def test_more_than_64_dimensions() -> None:
+    with pytest.raises(InvalidRequest, match=r"inputs\[0\]\.shape: 65 dimensions, at most 64"):
+        decode_request(body({**X, "shape": [1] * 65}), None)
+
+
+def test_show_renders_json_and_cuts_long_values() -> None:
+    assert show(None) == "null"
+    assert show({"a": [True, 1.5, "é"]}) == '{"a":[true,1.5,"é"]}'
+    assert show("FLOAT") == '"FLOAT"'
+    long = show(list(range(10_000)))
+    assert len(long) == 60 and long.startswith("[0,1,2,") and long.endswith("...")
+    assert show(2**70) == repr(2**70)  # past orjson's 64-bit integers
