@@ -66,6 +66,12 @@ class RequestOutput(Wire):
 
 
 class InferenceRequest(Wire):
+    model_name: str | None = Field(
+        None, description="The KServe SDK names the model here: it must be the path's model."
+    )
+    model_version: str | None = Field(
+        None, description="When given, the version that serves the request."
+    )
     id: str | None = None
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_output: true for binary outputs when none are listed."
