@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from . import __version__, metrics
+from . import __version__, metrics, wire
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable, show
 from .inference import InferRequest, InferResponse
@@ -108,7 +108,7 @@ class DataPlane:
 
     # -- server ---------------------------------------------------------------------------
 
-    def server_metadata(self) -> dict[str, Any]:
+    def server_metadata(self) -> wire.ServerMetadataAnswer:
         return {"name": "cinfer", "version": __version__, "extensions": list(EXTENSIONS)}
 
     # -- models ---------------------------------------------------------------------------
@@ -125,11 +125,11 @@ class DataPlane:
         except Unavailable:
             return False
 
-    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+    def model_metadata(self, name: str, version: str | None) -> wire.ModelMetadataAnswer:
         model = self.model(name)
         found = model.get(version)
         config = found.config
-        return {
+        answer: wire.ModelMetadataAnswer = {
             "name": name,
             "versions": [str(v) for v in sorted(model.versions) if model.versions[v].ready],
             "platform": PLATFORMS.get(config.engine, (config.engine,))[0],
@@ -140,15 +140,17 @@ class DataPlane:
                 _tensor(config.batch_shape(t), t.name, t.datatype) for t in config.outputs or ()
             ],
             "state": found.state.value,
-            **({"reason": found.reason} if found.reason else {}),
         }
+        if found.reason:
+            answer["reason"] = found.reason
+        return answer
 
-    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+    def model_config(self, name: str, version: str | None) -> wire.ModelConfigAnswer:
         """Triton's ModelConfig as JSON (perf_analyzer and tritonclient read it)."""
         found = self.version(name, version)
         config = found.config
         platform, backend = PLATFORMS.get(config.engine, (config.engine, config.engine))
-        out: dict[str, Any] = {
+        out: wire.ModelConfigAnswer = {
             "name": name,
             "platform": platform,
             "backend": backend,
@@ -312,7 +314,7 @@ class DataPlane:
         await self.reconciler.unload(name)
 
 
-def _instance_group(name: str, config: ModelConfig) -> dict[str, Any]:
+def _instance_group(name: str, config: ModelConfig) -> wire.InstanceGroup:
     """Triton's instance_group from the device the engine resolved ("cuda:1", "GPU.0")."""
     device = config.device
     if device.startswith(("cuda", "GPU")):
@@ -322,7 +324,7 @@ def _instance_group(name: str, config: ModelConfig) -> dict[str, Any]:
     return {"name": name, "kind": "KIND_CPU", "count": config.instances, "gpus": []}
 
 
-def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> dict[str, Any]:
+def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> wire.Tensor:
     return {"name": name, "datatype": datatype, "shape": list(shape)}
 
 
