@@ -6,13 +6,12 @@ Both JSON tensors and Triton's binary tensor data extension:
     Inference-Header-Content-Length: <bytes of the JSON header>
     <JSON header><raw tensor bytes, in the order the header lists them>
 
-This is the hot path: JSON goes through orjson, tensor data through numpy (no per-element
-Python loops except for BYTES elements, which are variable-length by nature).
+This is the hot path: JSON goes through orjson, tensor data through numpy (tensors.py converts
+each tensor; this module checks the body's shape and says where each tensor's data is).
 """
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +20,11 @@ import numpy as np
 import orjson
 from cachetools import LRUCache
 
-from ..datatypes import BF16, FROM_NUMPY, JSON_DECODE, NUMPY, datatype_of
+from ..datatypes import FROM_NUMPY, NUMPY, datatype_of
 from ..errors import InvalidRequest, PayloadTooLarge, Unsupported, show
 from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
+from . import tensors
 
-_U32 = struct.Struct("<I")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -291,14 +290,14 @@ def decode_with_offsets(
                     f"input '{name}': binary_data_size {nbytes} runs past the end of the body "
                     f"({size - offset} bytes left)"
                 )
-            array = _from_binary(name, datatype, shape, count, view[offset:end])
+            array = tensors.from_binary(name, datatype, shape, count, view[offset:end])
             inputs.append(InferInput(name, datatype, array))
             offsets.append(offset)
             offset = end
         elif data is not None:
             if type(data) is not list:
                 raise _bad(raw, "data", f"inputs[{index}].data", "a list")
-            array = _from_json(name, datatype, shape, count, data)
+            array = tensors.from_json(name, datatype, shape, count, data)
             inputs.append(InferInput(name, datatype, array))
             offsets.append(None)
         else:
@@ -338,133 +337,6 @@ def _request_parameters(parameters: dict[str, Any]) -> bool:
                 f"parameters.{key}: sequence batching is not supported by this model"
             )
     return binary
-
-
-def _reshape(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
-    try:
-        return array.reshape(shape)
-    except ValueError as exc:  # an empty tensor with dims numpy cannot index
-        raise InvalidRequest(f"input '{name}': shape {shape} is too large: {exc}") from None
-
-
-def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
-    if datatype == "BYTES":
-        array = _strings(name, data)
-    else:
-        try:
-            parsed = np.asarray(data)
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequest(f"input '{name}': 'data' is not a regular array: {exc}") from exc
-        kind = parsed.dtype.kind
-        if datatype == "BOOL":
-            if kind != "b" and parsed.size:
-                raise InvalidRequest(
-                    f"input '{name}': BOOL data must be true/false values, got "
-                    f"{_first_not(data, bool)}"
-                )
-            array = parsed.astype(np.bool_, copy=False)
-        else:
-            if kind not in "biuf" or (kind == "b" and parsed.size):
-                raise InvalidRequest(
-                    f"input '{name}': {datatype} data must be numbers, got "
-                    f"{_first_not(data, int, float)}"
-                )
-            target = JSON_DECODE[datatype]
-            if target.kind in "iu":
-                if kind == "f" and parsed.size:
-                    raise InvalidRequest(
-                        f"input '{name}': {datatype} data must be integers, got "
-                        f"{_first_not(data, int)}"
-                    )
-                info = np.iinfo(target)
-                if parsed.size and (parsed.min() < info.min or parsed.max() > info.max):
-                    raise InvalidRequest(
-                        f"input '{name}': value out of range for {datatype} "
-                        f"[{info.min}, {info.max}]"
-                    )
-            array = parsed.astype(target, copy=False)
-            if datatype == "BF16":
-                array = array.astype(BF16)
-    if array.size != count:
-        raise InvalidRequest(
-            f"input '{name}': shape {shape} needs {count} elements, 'data' has {array.size}"
-        )
-    return _reshape(name, array, shape)
-
-
-def _first_not(data: list[Any], *types: type) -> str:
-    """The first element of nested `data` whose type is none of `types`, shown as JSON (only
-    on the error path: the decode itself never walks the elements in Python)."""
-    stack = list(reversed(data))
-    while stack:
-        item = stack.pop()
-        if type(item) is list:
-            stack.extend(reversed(item))
-        elif type(item) not in types:
-            return show(item)
-    return "a mix of types"
-
-
-def _strings(name: str, data: list[Any]) -> np.ndarray:
-    flat: list[bytes] = []
-    stack = list(reversed(data))
-    while stack:
-        item = stack.pop()
-        if type(item) is str:
-            flat.append(item.encode())
-        elif type(item) is list:
-            stack.extend(reversed(item))
-        else:
-            raise InvalidRequest(f"input '{name}': BYTES data must be strings, got {show(item)}")
-    array = np.empty(len(flat), dtype=object)
-    array[:] = flat
-    return array
-
-
-def _from_binary(
-    name: str, datatype: str, shape: list[int], count: int, chunk: memoryview
-) -> np.ndarray:
-    if datatype == "BYTES":
-        return _reshape(name, _decode_bytes(name, chunk, count), shape)
-    dtype = NUMPY[datatype]
-    if len(chunk) != count * dtype.itemsize:
-        raise InvalidRequest(
-            f"input '{name}': shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
-            f"binary_data_size is {len(chunk)}"
-        )
-    array = _reshape(name, np.frombuffer(chunk, dtype=dtype), shape)
-    if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
-        raise InvalidRequest(f"input '{name}': BOOL bytes must be 0 or 1")
-    return array
-
-
-def _decode_bytes(name: str, chunk: memoryview, count: int) -> np.ndarray:
-    """Each element: a 4-byte little-endian length, then that many bytes."""
-    if count > len(chunk) // 4:  # before allocating `count` slots for a shape a client chose
-        raise InvalidRequest(
-            f"input '{name}': {count} BYTES elements need at least {4 * count} bytes (a 4-byte "
-            f"length each), binary_data_size is {len(chunk)}"
-        )
-    raw = chunk.tobytes()
-    out = np.empty(count, dtype=object)
-    pos, end = 0, len(raw)
-    for i in range(count):
-        if pos + 4 > end:
-            raise InvalidRequest(f"input '{name}': BYTES data ends after {i} of {count} elements")
-        (length,) = _U32.unpack_from(raw, pos)
-        pos += 4
-        if pos + length > end:
-            raise InvalidRequest(
-                f"input '{name}': BYTES element {i} claims {length} bytes, only "
-                f"{end - pos} are left"
-            )
-        out[i] = raw[pos : pos + length]
-        pos += length
-    if pos != end:
-        raise InvalidRequest(
-            f"input '{name}': {end - pos} bytes left over after {count} BYTES elements"
-        )
-    return out
 
 
 def _outputs(raw: Any) -> list[RequestedOutput]:
@@ -513,7 +385,7 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
         array = results[name]
         datatype = FROM_NUMPY.get(array.dtype) or datatype_of(array)
         if binary:
-            blob = _to_binary(array, datatype)
+            blob = tensors.to_binary(array, datatype)
             blobs.append(blob)
             entries.append(
                 {
@@ -529,7 +401,7 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
                     "name": name,
                     "datatype": datatype,
                     "shape": list(array.shape),
-                    "data": _to_json(array, datatype),
+                    "data": tensors.to_json(array, datatype),
                 }
             )
     body: dict[str, Any] = {
@@ -543,33 +415,3 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
-
-
-def _to_json(array: np.ndarray, datatype: str) -> Any:
-    if datatype == "BYTES":
-        return [
-            v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
-            for v in array.ravel()
-        ]
-    flat = array.reshape(-1) if array.flags.c_contiguous else np.ascontiguousarray(array).ravel()
-    if datatype == "BF16":
-        return flat.astype(np.float32)
-    if flat.dtype.byteorder == ">":
-        return flat.astype(flat.dtype.newbyteorder("<"))
-    return flat
-
-
-def _to_binary(array: np.ndarray, datatype: str) -> Any:
-    if datatype == "BYTES":
-        parts = []
-        for value in array.ravel():
-            data = value if isinstance(value, bytes) else str(value).encode()
-            parts.append(_U32.pack(len(data)))
-            parts.append(data)
-        return b"".join(parts)
-    if datatype == "BF16":
-        array = array.view(np.uint16)
-    elif array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    # A C-contiguous array exports its buffer as is: b"".join copies it once, into the body.
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
