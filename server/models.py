@@ -19,7 +19,7 @@ import numpy as np
 from . import affinity, signature
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
-from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable
+from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable, show
 from .inference import InferInput
 from .metrics import RequestStats
 from .model_config import ModelConfig
@@ -167,7 +167,7 @@ class Model:
             except (KeyError, ValueError):
                 available = ", ".join(str(v) for v in sorted(self.versions)) or "none"
                 raise NotFound(
-                    f"model '{self.name}' has no version {version!r} (available: {available})"
+                    f"model '{self.name}' has no version {show(version)} (available: {available})"
                 ) from None
             return found
         best = None

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 
 from ..auth.guard import MAX_CACHED, Guard, UnknownToken
 from ..auth.tokens import contains, parse_address, parse_network
-from ..errors import CinferError, InvalidRequest, Unauthorized
+from ..errors import CinferError, InvalidRequest, Unauthorized, show
 from .asgi import STATUS_KEY, Message, Receive, Scope, Send, send_error
 from .routes import Found
 
@@ -83,7 +83,7 @@ class Gate:
             parsed = parse_address(hop)
             if parsed is None:
                 raise InvalidRequest(
-                    f"X-Forwarded-For entry {hop[:64]!r} from proxy {peer} is not an IP address"
+                    f"X-Forwarded-For entry {show(hop)} from proxy {peer} is not an IP address"
                 )
             address = str(parsed)
             if not self._is_proxy(address):

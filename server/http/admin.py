@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from ..auth.guard import Guard
 from ..auth.tokens import Token, TokenPatch, TokenSpec, validate
-from ..errors import InvalidRequest, PayloadTooLarge
+from ..errors import InvalidRequest, PayloadTooLarge, show
 from .routes import Access, Route
 
 MAX_BODY = 64 * 1024
@@ -181,5 +181,5 @@ def _day(text: str, name: str) -> float:
         if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
             raise ValueError
     except ValueError as exc:
-        raise InvalidRequest(f"{name}={text!r} is not a date like 2026-11-30") from exc
+        raise InvalidRequest(f"{name}={show(text)} is not a date like 2026-11-30") from exc
     return float(calendar.timegm((year, month, day, 0, 0, 0)))

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, Response
 
 from .. import wire
 from ..dataplane import DataPlane
-from ..errors import InvalidRequest, NotFound, PayloadTooLarge
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, show
 from . import openapi
 from .infer import InferEndpoint
 from .routes import Access, Route, RouteTable
@@ -269,7 +269,7 @@ class Assets:
         if found is None:
             path = self.folder / name
             if name.startswith(".") or not path.is_file():
-                raise NotFound(f"no docs asset {name!r}")
+                raise NotFound(f"no docs asset {show(name)}")
             content = path.read_bytes()
             media = mimetypes.guess_type(name)[0] or "application/octet-stream"
             found = (content, media, '"' + hashlib.sha256(content).hexdigest()[:32] + '"')

@@ -415,7 +415,7 @@ async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
         assert_refused(response, 403, "from address 198.51.100.9")
         assert_refused(await infer("127.0.0.1", None), 403, "from address 127.0.0.1")
         response = await infer("127.0.0.1", "203.0.113.7, not-an-address")
-        assert_refused(response, 400, "X-Forwarded-For entry 'not-an-address' from proxy 127.0.0.1")
+        assert_refused(response, 400, 'X-Forwarded-For entry "not-an-address" from proxy 127.0.0.1')
 
 
 async def test_scopes_and_model_globs(h: Harness) -> None:

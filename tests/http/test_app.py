@@ -319,7 +319,7 @@ FEATURES = {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1,
             "/v2/models/iris/versions/7/infer",
             {"inputs": [FEATURES]},
             404,
-            "model 'iris' has no version '7' (available: 1)",
+            "model 'iris' has no version \"7\" (available: 1)",
         ),
         (
             "/v2/models/mismatch/infer",
