@@ -590,7 +590,7 @@ async def test_admin_api_creates_lists_changes_and_deletes(h: Harness) -> None:
             'no token with id or name "\' OR 1=1 --"',
         ),
         ("POST", "/admin/tokens/admin/extend", {"until": "1d"}, 400, 'extend takes {"expires"'),
-        ("GET", "/admin/usage?since=2026-13-01", None, 400, "since='2026-13-01' is not a date"),
+        ("GET", "/admin/usage?since=2026-13-01", None, 400, 'since="2026-13-01" is not a date'),
         ("GET", "/admin/usage?user=x", None, 400, "unknown query parameter(s) user"),
         ("GET", "/admin/usage?token=nobody", None, 404, "no token with id or name 'nobody'"),
         ("PUT", "/admin/tokens", None, 405, "method PUT is not allowed"),
