@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from . import __version__, metrics, wire
+from .counters import failure_reason
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable, show
 from .inference import InferRequest, InferResponse
-from .metrics import failure_reason
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion
 from .reconciler import Reconciler

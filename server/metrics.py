@@ -1,10 +1,7 @@
-"""What the server counts, and its two views: Triton's statistics JSON and Prometheus metrics.
+"""The two views of the counters (counters.py): Triton's statistics JSON and Prometheus metrics.
 
-Counting costs the hot path a few integer additions: the event loop counts request outcomes
-in each version's `RequestStats`, every engine thread counts its own executions in its
-`InstanceStats` (scheduler.py); nothing is shared between threads, so nothing is locked. A
-scrape or a statistics request sums them. prometheus-client does the exposition through a
-custom collector (its own Counter and Histogram take a lock per observation).
+prometheus-client does the exposition through a custom collector that reads the counters at
+scrape time (its own Counter and Histogram take a lock per observation).
 
 Triton's metric names are kept where they exist (`nv_inference_*`), labelled `model` and
 `version`. They are exported as untyped samples with Triton's exact names: prometheus-client
@@ -15,7 +12,6 @@ bare names. Our own additions are `cinfer_*`, with real histograms.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -26,76 +22,11 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .errors import CinferError, EngineError, Unavailable
-from .histogram import LATENCY_NS, Histogram
-from .scheduler import InstanceStats
+from .counters import Histogram, durations, sum_instances
 
 if TYPE_CHECKING:
     from .models import ModelVersion
     from .reconciler import Reconciler
-
-#: Triton's failure reasons.
-REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
-
-
-def failure_reason(error: BaseException | None) -> str:
-    """Triton's reason label for a failed request (None: the client went away)."""
-    if error is None:
-        return "CANCELED"
-    if isinstance(error, Unavailable):
-        return "REJECTED"
-    if isinstance(error, EngineError) or not isinstance(error, CinferError):
-        return "BACKEND"
-    return "OTHER"
-
-
-@dataclass
-class RequestStats:
-    """Request outcomes of one version, counted on the event loop (one writer)."""
-
-    success: int = 0
-    success_ns: int = 0
-    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    failure_ns: int = 0
-    decode_ns: int = 0
-    """Decoding and checking the requests that succeeded (part of compute_input)."""
-    encode_ns: int = 0
-    """Encoding their answers (part of compute_output)."""
-    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_NS))
-
-    def succeeded(self, duration_ns: int) -> None:
-        self.success += 1
-        self.success_ns += duration_ns
-        self.latency.observe(duration_ns)
-
-    def failed(self, reason: str, duration_ns: int) -> None:
-        self.failures[reason] += 1
-        self.failure_ns += duration_ns
-        self.latency.observe(duration_ns)
-
-
-def instance_totals(version: ModelVersion) -> InstanceStats:
-    """The sum of a version's instance counters (a snapshot; no lock needed to read ints)."""
-    total = InstanceStats()
-    for stats in list(version.instance_stats):
-        total.executions += stats.executions
-        total.inferences += stats.inferences
-        total.success += stats.success
-        total.failures += stats.failures
-        total.queue_ns += stats.queue_ns
-        total.compute_input_ns += stats.compute_input_ns
-        total.compute_infer_ns += stats.compute_infer_ns
-        total.compute_output_ns += stats.compute_output_ns
-        total.last_inference_ms = max(total.last_inference_ms, stats.last_inference_ms)
-        total.queue_histogram.add(stats.queue_histogram)
-        total.batch_histogram.add(stats.batch_histogram)
-        for size, batch in list(stats.batches.items()):
-            mine = total.batches.setdefault(size, type(batch)())
-            mine.count += batch.count
-            mine.compute_input_ns += batch.compute_input_ns
-            mine.compute_infer_ns += batch.compute_infer_ns
-            mine.compute_output_ns += batch.compute_output_ns
-    return total
 
 
 def _duration(count: int, ns: int) -> dict[str, int]:
@@ -104,9 +35,10 @@ def _duration(count: int, ns: int) -> dict[str, int]:
 
 def statistics(version: ModelVersion) -> dict[str, Any]:
     """One entry of Triton's `model_stats`, as perf_analyzer and tritonclient parse it."""
-    totals = instance_totals(version)
+    totals = sum_instances(version.instance_stats)
     requests = version.requests
-    executed = totals.success
+    times = durations(requests, totals)
+    executed = times.requests
     return {
         "name": version.name,
         "version": str(version.version),
@@ -115,11 +47,11 @@ def statistics(version: ModelVersion) -> dict[str, Any]:
         "execution_count": totals.executions,
         "inference_stats": {
             "success": _duration(requests.success, requests.success_ns),
-            "fail": _duration(sum(requests.failures.values()), requests.failure_ns),
-            "queue": _duration(executed, totals.queue_ns),
-            "compute_input": _duration(executed, totals.compute_input_ns + requests.decode_ns),
-            "compute_infer": _duration(executed, totals.compute_infer_ns),
-            "compute_output": _duration(executed, totals.compute_output_ns + requests.encode_ns),
+            "fail": _duration(requests.failure, requests.failure_ns),
+            "queue": _duration(executed, times.queue_ns),
+            "compute_input": _duration(executed, times.compute_input_ns),
+            "compute_infer": _duration(executed, times.compute_infer_ns),
+            "compute_output": _duration(executed, times.compute_output_ns),
             "cache_hit": _duration(0, 0),
             "cache_miss": _duration(0, 0),
         },
@@ -212,8 +144,9 @@ class MetricsCollector:
             for number, version in list(model.versions.items()):
                 tags = {"model": name, "version": str(number)}
                 values = [name, str(number)]
-                totals = instance_totals(version)
+                totals = sum_instances(version.instance_stats)
                 requests = version.requests
+                times = durations(requests, totals)
                 success.add_sample("nv_inference_request_success", tags, requests.success)
                 for reason, n in requests.failures.items():
                     failure.add_sample(
@@ -226,17 +159,17 @@ class MetricsCollector:
                     tags,
                     (requests.success_ns + requests.failure_ns) // 1000,
                 )
-                queue_us.add_sample("nv_inference_queue_duration_us", tags, totals.queue_ns // 1000)
+                queue_us.add_sample("nv_inference_queue_duration_us", tags, times.queue_ns // 1000)
                 input_us.add_sample(
-                    "nv_inference_compute_input_duration_us", tags, totals.compute_input_ns // 1000
+                    "nv_inference_compute_input_duration_us", tags, times.compute_input_ns // 1000
                 )
                 infer_us.add_sample(
-                    "nv_inference_compute_infer_duration_us", tags, totals.compute_infer_ns // 1000
+                    "nv_inference_compute_infer_duration_us", tags, times.compute_infer_ns // 1000
                 )
                 output_us.add_sample(
                     "nv_inference_compute_output_duration_us",
                     tags,
-                    totals.compute_output_ns // 1000,
+                    times.compute_output_ns // 1000,
                 )
                 pool = version.pool
                 pending.add_metric(values, pool.pending if pool is not None else 0)

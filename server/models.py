@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from . import affinity, signature
+from .counters import InstanceStats, RequestStats
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable, show
 from .inference import InferInput
-from .metrics import RequestStats
 from .model_config import ModelConfig
 from .repository import Fingerprint, ModelSource
-from .scheduler import Completions, InstancePool, InstanceStats
+from .scheduler import Completions, InstancePool
 
 log = logging.getLogger("cinfer")
 

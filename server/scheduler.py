@@ -26,15 +26,14 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import affinity
+from .counters import BatchStats, InstanceStats
 from .engines import Engine
 from .errors import CinferError, EngineError, Unavailable
-from .histogram import BATCH_SIZES, LATENCY_NS, Histogram
 from .model_config import ModelConfig
 
 log = logging.getLogger("cinfer")
@@ -117,45 +116,6 @@ class Completions:
                 future.set_result(result)  # type: ignore[arg-type]
             else:
                 future.set_exception(error)
-
-
-@dataclass
-class BatchStats:
-    """Executions of one batch size (Triton's batch_stats)."""
-
-    count: int = 0
-    compute_input_ns: int = 0
-    compute_infer_ns: int = 0
-    compute_output_ns: int = 0
-
-
-@dataclass
-class InstanceStats:
-    """What one instance did; each is written by one thread only, so counting takes no lock.
-
-    As in Triton's statistics, the request-level times are summed per request: a batch of
-    four requests that computed for 1 ms adds 4 ms to compute_infer_ns and 1 ms to its
-    batch size's entry in `batches`.
-    """
-
-    executions: int = 0
-    """Engine runs (batches)."""
-    inferences: int = 0
-    """Rows inferred (a request of 3 rows counts 3)."""
-    success: int = 0
-    """Requests answered."""
-    failures: int = 0
-    """Requests the engine failed."""
-    queue_ns: int = 0
-    compute_input_ns: int = 0
-    compute_infer_ns: int = 0
-    compute_output_ns: int = 0
-    last_inference_ms: int = 0
-    run_ns: int = 0
-    """Moving average of the engine's run time per execution (1/8 weight per run)."""
-    batches: dict[int, BatchStats] = field(default_factory=dict)
-    queue_histogram: Histogram = field(default_factory=lambda: Histogram(LATENCY_NS))
-    batch_histogram: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZES))
 
 
 class InstancePool:
