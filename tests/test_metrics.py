@@ -177,3 +177,34 @@ async def test_access_log(repository: Path, style: str, caplog: pytest.LogCaptur
         )
         assert "model=iris version=1 batch_size=1" in lines[0]
         assert "\n" not in lines[2]
+
+
+async def test_an_unbatched_request_counts_its_decoding_and_encoding(repository: Path) -> None:
+    # iris has no [batching]: the request takes the scheduler's single-request path, where
+    # nothing is joined or split; its compute_input and compute_output are then mostly the
+    # JSON decoding and encoding, which perf_analyzer must not see as overhead (issue 11).
+    async with running_app(repository) as (client, _):
+        assert (await client.post("/v2/models/iris/infer", json=IRIS)).status_code == 200
+        stats = (await client.get("/v2/models/iris/stats")).json()["model_stats"][0]
+        m = samples((await client.get("/metrics")).text)
+    iris = {"model": "iris", "version": "1"}
+    inference = stats["inference_stats"]
+    for key, metric in [
+        ("compute_input", "nv_inference_compute_input_duration_us"),
+        ("compute_output", "nv_inference_compute_output_duration_us"),
+        ("compute_infer", "nv_inference_compute_infer_duration_us"),
+        ("queue", "nv_inference_queue_duration_us"),
+    ]:
+        assert inference[key]["count"] == 1
+        assert value(m, metric, **iris) == inference[key]["ns"] // 1000, key
+    assert value(m, "nv_inference_compute_input_duration_us", **iris) > 0
+    assert value(m, "nv_inference_compute_output_duration_us", **iris) > 0
+    # The parts add up to no more than the request took in the server.
+    parts = sum(inference[k]["ns"] for k in ("queue", "compute_input", "compute_infer",
+                                             "compute_output"))  # fmt: skip
+    assert parts <= inference["success"]["ns"]
+    (batch,) = stats["batch_stats"]
+    assert batch["batch_size"] == 1 and batch["compute_input"]["count"] == 1
+    # The engine thread's own part: taking the request and counting its queue time before
+    # the run (Python lines, microseconds), no longer recorded as exactly 0.
+    assert batch["compute_input"]["ns"] > 0
