@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from . import __version__, metrics, wire
+from . import __version__, statistics, wire
 from .counters import failure_reason
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable, show
@@ -274,8 +274,9 @@ class DataPlane:
 
     # -- statistics -----------------------------------------------------------------------
 
-    def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
-        """Triton's statistics extension: every loaded version, one model's, or one version."""
+    async def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics extension: every loaded version, one model's, or one version
+        (built in slices that give the event loop back, see statistics.py)."""
         if name is None:
             models = [self.reconciler.models[n] for n in sorted(self.reconciler.models)]
             versions = [v for m in models for _, v in sorted(m.versions.items())]
@@ -283,7 +284,7 @@ class DataPlane:
             versions = [self.model(name).get(version)]
         else:
             versions = [v for _, v in sorted(self.model(name).versions.items())]
-        return {"model_stats": [metrics.statistics(v) for v in versions]}
+        return await statistics.model_stats(versions)
 
     # -- repository -----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The two views of the counters (counters.py): Triton's statistics JSON and Prometheus metrics.
+"""Prometheus metrics, read from the counters (counters.py); statistics.py is the other view.
 
 prometheus-client does the exposition through a custom collector that reads the counters at
 scrape time (its own Counter and Histogram take a lock per observation).
@@ -12,7 +12,7 @@ bare names. Our own additions are `cinfer_*`, with real histograms.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -25,46 +25,7 @@ from prometheus_client.core import (
 from .counters import Histogram, durations, sum_instances
 
 if TYPE_CHECKING:
-    from .models import ModelVersion
     from .reconciler import Reconciler
-
-
-def _duration(count: int, ns: int) -> dict[str, int]:
-    return {"count": count, "ns": ns}
-
-
-def statistics(version: ModelVersion) -> dict[str, Any]:
-    """One entry of Triton's `model_stats`, as perf_analyzer and tritonclient parse it."""
-    totals = sum_instances(version.instance_stats)
-    requests = version.requests
-    times = durations(requests, totals)
-    executed = times.requests
-    return {
-        "name": version.name,
-        "version": str(version.version),
-        "last_inference": totals.last_inference_ms,
-        "inference_count": totals.inferences,
-        "execution_count": totals.executions,
-        "inference_stats": {
-            "success": _duration(requests.success, requests.success_ns),
-            "fail": _duration(requests.failure, requests.failure_ns),
-            "queue": _duration(executed, times.queue_ns),
-            "compute_input": _duration(executed, times.compute_input_ns),
-            "compute_infer": _duration(executed, times.compute_infer_ns),
-            "compute_output": _duration(executed, times.compute_output_ns),
-            "cache_hit": _duration(0, 0),
-            "cache_miss": _duration(0, 0),
-        },
-        "batch_stats": [
-            {
-                "batch_size": size,
-                "compute_input": _duration(batch.count, batch.compute_input_ns),
-                "compute_infer": _duration(batch.count, batch.compute_infer_ns),
-                "compute_output": _duration(batch.count, batch.compute_output_ns),
-            }
-            for size, batch in sorted(totals.batches.items())
-        ],
-    }
 
 
 def _triton(name: str, documentation: str) -> Metric:

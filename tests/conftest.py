@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -14,6 +15,8 @@ from server.http.app import create_app
 from server.reconciler import Reconciler
 from server.settings import RepositorySettings, Settings
 from tests import onnx_models
+
+T = TypeVar("T")
 
 
 def missing_gpu() -> str | None:
@@ -103,3 +106,30 @@ async def eventually(condition: Callable[[], object], what: str, timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+#: Models in `many_tiny`: a repository as large as the one issue 11's finding 12 measured.
+MANY = 300
+TINY = 'engine = "onnxruntime"\nmax_batch_size = 8\n'
+
+
+@pytest.fixture
+def many_tiny(repo: Path) -> Path:
+    """MANY copies of a one-layer 16x16 model (the benchmarks' `tiny`): m000, m001, ..."""
+    built = onnx_models.dense(repo.parent / "built" / "model.onnx", width=16)
+    for i in range(MANY):
+        onnx_models.model_folder(repo, f"m{i:03d}", TINY, {1: built})
+    return repo
+
+
+async def ticks_while(work: Awaitable[T]) -> tuple[int, T]:
+    """Run `work` as a task; the loop turns this task got before it was done, and its result.
+
+    Deterministic: a task that yields with `asyncio.sleep(0)` alternates with this one, so
+    the count says how often `work` gave the loop back, whatever the machine's speed."""
+    task = asyncio.ensure_future(work)
+    ticks = 0
+    while not task.done():
+        ticks += 1
+        await asyncio.sleep(0)
+    return ticks, task.result()

@@ -105,7 +105,7 @@ async def test_the_dataplane_infers_checks_and_counts_without_any_transport(
         with pytest.raises(NotFound):
             await dataplane.infer("ghost", None, request)
 
-        stats = dataplane.model_statistics("add_sub", None)["model_stats"][0]
+        stats = (await dataplane.model_statistics("add_sub", None))["model_stats"][0]
         inference = stats["inference_stats"]
         assert inference["success"]["count"] == 2 and inference["fail"]["count"] == 2
         assert stats["inference_count"] == 4  # rows, as Triton counts them

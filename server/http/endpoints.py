@@ -119,7 +119,7 @@ class Metadata:
 
     async def statistics(self, request: Request) -> Response:
         model = request.path_params.get("model")
-        return JSONResponse(self.dataplane.model_statistics(model, _version(request)))
+        return JSONResponse(await self.dataplane.model_statistics(model, _version(request)))
 
     def routes(self) -> list[Route]:
         routes = [
