@@ -27,10 +27,15 @@ BAD = {
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample by (name, labels), names as on the wire: the parser names a counter's
+    samples `<family>_total`, where Triton (and we) send the bare family name."""
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            name = sample.name
+            if family.type == "counter" and f"\n{family.name}{{" in text:
+                name = name.removesuffix("_total")
+            out[(name, frozenset(sample.labels.items()))] = sample.value
     return out
 
 
@@ -69,7 +74,8 @@ async def test_counters_and_histograms_move_with_known_requests(repository: Path
     assert value(m, "cinfer_model_state", **iris, state="READY") == 1
     assert value(m, "cinfer_model_instances", **iris) == 1
     assert value(m, "process_resident_memory_bytes") > 10_000_000
-    assert "# TYPE nv_inference_request_success untyped" in text
+    # Triton's bare sample names, as dashboards built for Triton query them.
+    assert 'nv_inference_request_success{model="iris",version="1"} 3\n' in text
 
 
 async def test_batch_size_histogram_reflects_batching(repo: Path) -> None:
@@ -177,6 +183,30 @@ async def test_access_log(repository: Path, style: str, caplog: pytest.LogCaptur
         )
         assert "model=iris version=1 batch_size=1" in lines[0]
         assert "\n" not in lines[2]
+
+
+async def test_families_have_tritons_types(repository: Path) -> None:
+    async with running_app(repository) as (client, _):
+        assert (await client.post("/v2/models/iris/infer", json=IRIS)).status_code == 200
+        response = await client.get("/metrics")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    types = {f.name: f.type for f in text_string_to_metric_families(response.text)}
+    counters = [
+        "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+        "nv_inference_exec_count", "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
+    ]  # fmt: skip
+    gauges = [
+        "nv_inference_pending_request_count", "nv_model_load_duration_secs",
+        "cinfer_model_state", "cinfer_model_instances", "process_resident_memory_bytes",
+    ]  # fmt: skip
+    histograms = ["cinfer_request_duration_seconds", "cinfer_queue_duration_seconds",
+                  "cinfer_batch_size"]  # fmt: skip
+    assert {name: types[name] for name in counters} == dict.fromkeys(counters, "counter")
+    assert {name: types[name] for name in gauges} == dict.fromkeys(gauges, "gauge")
+    assert {name: types[name] for name in histograms} == dict.fromkeys(histograms, "histogram")
+    assert "unknown" not in types.values()
 
 
 async def test_an_unbatched_request_counts_its_decoding_and_encoding(repository: Path) -> None:

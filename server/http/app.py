@@ -15,19 +15,17 @@ lookup keeps every route as cheap as the infer path needs.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.requests import Request
 
-from .. import metrics
 from ..auth.guard import Guard
 from ..dataplane import DataPlane
 from ..errors import CinferError
+from ..prometheus import CONTENT_TYPE, Exposition, MetricsPort
 from ..settings import Settings
 from .access import Gate
 from .accesslog import AccessLog
@@ -54,12 +52,15 @@ def create_app(
     """
     limit = settings.server.max_request_bytes
     gate = Gate(guard) if guard is not None else None
-    registry = metrics.registry(
+    exposition = Exposition(
         dataplane.reconciler, (lambda: gate.rejections) if gate is not None else None
     )
-
-    async def render() -> bytes:
-        return await asyncio.to_thread(generate_latest, registry)
+    # A separate port for scrapers, served on this loop by the same renderer.
+    metrics_port = (
+        MetricsPort(exposition, settings.server.host, settings.metrics.port)
+        if settings.metrics.enabled and settings.metrics.port
+        else None
+    )
 
     table: RouteTable | None = None
 
@@ -76,7 +77,7 @@ def create_app(
         Docs(dataplane, current, tokens=guard is not None),
     ]
     if settings.metrics.enabled and not settings.metrics.port:
-        endpoints.append(Metrics(render, CONTENT_TYPE_LATEST))
+        endpoints.append(Metrics(exposition.render, CONTENT_TYPE))
     if guard is not None:
         endpoints.append(Admin(guard))
     declared = [route for endpoint in endpoints for route in endpoint.routes()]
@@ -93,13 +94,13 @@ def create_app(
             if guard is not None:
                 await guard.stop()
             raise
-        if settings.metrics.enabled and settings.metrics.port:
-            # A separate port for scrapers (prometheus-client's own threaded server).
-            start_http_server(settings.metrics.port, addr=settings.server.host, registry=registry)
-            log.info("metrics on http://%s:%d/metrics", settings.server.host, settings.metrics.port)
+        if metrics_port is not None:
+            await metrics_port.start()
 
     async def stop() -> None:
         try:
+            if metrics_port is not None:
+                await metrics_port.stop()
             await dataplane.stop()
         finally:
             if guard is not None:

@@ -200,7 +200,7 @@ class Repository:
 
 
 class Metrics:
-    """Prometheus text exposition, rendered by `render` (metrics.py)."""
+    """Prometheus text exposition, rendered by `render` (prometheus.py)."""
 
     def __init__(self, render: Callable[[], Awaitable[bytes]], media_type: str) -> None:
         self.render = render
