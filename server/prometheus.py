@@ -119,13 +119,14 @@ class _Buckets:
     def __init__(self, family: Family, bounds: tuple[int, ...], scale: float) -> None:
         self.name = family.name
         self.scale = scale
-        self.le = [f',le="{_bound(b * scale)}"}} ' for b in bounds] + [',le="+Inf"} ']
+        self.le = [f'{{le="{_bound(b * scale)}",' for b in bounds] + ['{le="+Inf",']
 
     def lines(self, tags: str, histogram: Histogram) -> str:
         name = self.name
-        bucket = f"{name}_bucket{{{tags}"
+        bucket = f"{name}_bucket"
         parts = [
-            f"{bucket}{le}{n}\n" for le, n in zip(self.le, histogram.cumulative(), strict=True)
+            f"{bucket}{le}{tags}}} {n}\n"
+            for le, n in zip(self.le, histogram.cumulative(), strict=True)
         ]
         total = histogram.total * self.scale if self.scale != 1 else histogram.total
         count = sum(histogram.counts)
@@ -187,7 +188,10 @@ class Exposition:
         return "".join(out).encode() + generate_latest(self._extras)
 
     def _version(self, lines: list[list[str]], name: str, version: ModelVersion) -> None:
-        tags = f'model="{_escape(name)}",version="{version.version}"'
+        # Labels in sorted order, as prometheus-client and Triton write them (text greps and
+        # the tests that were written against them rely on it).
+        model, number = f'model="{_escape(name)}"', f'version="{version.version}"'
+        tags = f"{model},{number}"
         totals = sum_instances(version.instance_stats)
         requests = version.requests
         times = durations(requests, totals)
@@ -199,7 +203,7 @@ class Exposition:
         add(SUCCESS, requests.success)
         failure = lines[_INDEX[FAILURE]]
         for reason, n in requests.failures.items():
-            failure.append(f'{FAILURE.name}{{{tags},reason="{reason}"}} {n}\n')
+            failure.append(f'{FAILURE.name}{{{model},reason="{reason}",{number}}} {n}\n')
         add(COUNT, totals.inferences)
         add(EXEC_COUNT, totals.executions)
         add(REQUEST_US, (requests.success_ns + requests.failure_ns) // 1000)
@@ -212,7 +216,8 @@ class Exposition:
         lines[_INDEX[LATENCY]].append(self._latency.lines(tags, requests.latency))
         lines[_INDEX[QUEUE]].append(self._queue.lines(tags, totals.queue_histogram))
         lines[_INDEX[BATCH]].append(self._batch.lines(tags, totals.batch_histogram))
-        lines[_INDEX[STATE]].append(f'{STATE.name}{{{tags},state="{version.state.value}"}} 1\n')
+        state = version.state.value
+        lines[_INDEX[STATE]].append(f'{STATE.name}{{{model},state="{state}",{number}}} 1\n')
         add(INSTANCES, pool.instances if pool is not None else 0)
 
 

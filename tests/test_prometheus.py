@@ -38,7 +38,7 @@ async def served(many_tiny: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Data
 
 def per_model(text: str) -> collections.Counter[str]:
     """Sample lines per `model` label."""
-    return collections.Counter(re.findall(r'^[a-z_]+\{model="(m\d+)"', text, re.MULTILINE))
+    return collections.Counter(re.findall(r'^[a-z_]+\{.*\bmodel="(m\d+)"', text, re.MULTILINE))
 
 
 async def test_a_scrape_gives_the_loop_back_every_chunk_of_models(
