@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from tests import onnx_models
 from tests.live import ROOT, live_server, server_log, wait_until
@@ -350,3 +352,107 @@ def test_every_marker_is_on_an_example() -> None:
                 assert block is not None, f"{path.name}:{number}: no fence after the marker"
                 kind = MARKER.match(line).group(1)  # type: ignore[union-attr]
                 assert block.lang in RUNNABLE or kind == "shape", f"{path.name}:{number}"
+
+
+# -- quoted server output -----------------------------------------------------------------
+
+
+def quoted(path: Path, heading: str) -> list[str]:
+    """The lines of the first untagged block (quoted output) under `heading` in `path`."""
+    text = path.read_text()
+    after = text.index(f"\n{heading}\n")
+    block = next(b for b in blocks(path) if not b.lang and text.count("\n", 0, after) < b.line)
+    return block.code.splitlines()
+
+
+def log_pattern(line: str) -> re.Pattern[str]:
+    """A quoted log line as a pattern for the server's log: durations, the place of the
+    repository and what the quote elides with '...' may differ."""
+    regex = ""
+    for part in re.split(r"(\.\.\.|\b\d+\.\d+s\b|\brepository/)", line):
+        if part == "...":
+            regex += ".*"
+        elif re.fullmatch(r"\d+\.\d+s", part):
+            regex += r"\d+\.\d\ds"
+        elif part == "repository/":
+            regex += r"\S*repository/"
+        else:
+            regex += re.escape(part)
+    return re.compile(f": {regex}$", re.MULTILINE)
+
+
+def int32_digits(path: Path) -> Path:
+    """A digits-like model whose `image` input is INT32 (the samples declare FP32)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["pixels", "weights"], ["probabilities"]),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=1),
+        ],
+        "digits_int32",
+        [helper.make_tensor_value_info("image", TensorProto.INT32, ["batch", 64])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch", 1]),
+        ],
+        [numpy_helper.from_array(np.zeros((64, 10), np.float32), "weights")],
+    )
+    return onnx_models._save(graph, path)
+
+
+def test_the_repository_logs_and_reasons_are_what_the_server_prints(tmp_path: Path) -> None:
+    """docs/repository.md "Logs" and "When a load fails", replayed on a real server."""
+    doc = ROOT / "docs" / "repository.md"
+    lines = quoted(doc, "## Logs")
+    root = tmp_path / "repository"
+    onnx_models.copy_samples(root)
+    with live_server(root, env={"CINFER_REPOSITORY__SETTLE_MS": "100"}) as (url, _):
+
+        def logged(line: str) -> None:
+            pattern = log_pattern(line)
+            wait_until(lambda: pattern.search(server_log(root)), f"the log line {line!r}")
+
+        digits, iris = root / "digits", root / "iris"
+        shutil.copytree(digits / "1", digits / ".2.tmp")
+        (digits / ".2.tmp").rename(digits / "2")  # version 2 replaces 1
+        for line in lines[:4]:
+            logged(line)
+        toml = (digits / "model.toml").read_text()
+        (digits / "model.toml").write_text(toml.replace("instances = 1", "instances = 2"))
+        logged(lines[4])
+        (iris / "1" / "model.onnx").write_bytes(b"not an ONNX file")
+        logged(lines[5])
+        toml = (iris / "model.toml").read_text().splitlines()
+        assert toml[2] == "max_batch_size = 0"
+        toml[2] = 'max_batch_size = "eight"'  # line 3, as the doc has it
+        (iris / "model.toml").write_text("\n".join(toml) + "\n")
+        logged(lines[6])
+        int32_digits(digits / "3" / "model.onnx")
+        logged("model digits version 3: LOADING -> UNAVAILABLE in 0.01s: input 'image': ...")
+        index = httpx.post(f"{url}/v2/repository/index").json()
+    reasons = json.loads(next(b.code for b in blocks(doc) if b.lang == "json"))
+    for quote in reasons:
+        # The doc's broken digits is version 2; here 2 serves (the log above) and 3 is broken.
+        pattern = log_pattern(quote["reason"]).pattern.removeprefix(": ")
+        assert any(
+            entry["name"] == quote["name"]
+            and entry["state"] == quote["state"]
+            and re.match(pattern, entry["reason"])
+            for entry in index
+        ), (quote, index)
+
+
+def test_the_access_log_line_is_what_the_server_prints(tmp_path: Path) -> None:
+    (line,) = quoted(ROOT / "docs" / "metrics.md", "## Access log")
+    root = tmp_path / "repository"
+    onnx_models.copy_samples(root)
+    with live_server(root, env={"CINFER_SERVER__ACCESS_LOG": "text"}) as (url, _):
+        body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
+                            "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+        headers = {"X-Request-ID": "abc-123"}
+        assert httpx.post(f"{url}/v2/models/iris/infer", json=body, headers=headers).is_success
+        regex = re.escape(line)
+        regex = re.sub(r"latency_ms=[\d.\\]+", r"latency_ms=\\d+\\.?\\d*", regex)
+        regex = re.sub(r"client=127\\\.0\\\.0\\\.1:\d+", r"client=127\\.0\\.0\\.1:\\d+", regex)
+        pattern = re.compile(f": {regex}$", re.MULTILINE)
+        wait_until(lambda: pattern.search(server_log(root)), f"the access log line {line!r}")
