@@ -2,17 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import pytest
 
 from server.dataplane import DataPlane
 from server.http.app import create_app
 from server.reconciler import Reconciler
+from server.scheduler import InstancePool
 from server.settings import RepositorySettings, Settings
 from tests import onnx_models
 
@@ -70,28 +73,30 @@ def slow_model(repo: Path, batching: str) -> None:
     )
 
 
-async def queued_behind_a_long_request(
+async def queued_behind_a_held_request(
     client: httpx.AsyncClient, dataplane: DataPlane, count: int
 ) -> list[httpx.Response]:
-    """Send `count` one-row requests to `slow` while a 1024-row one (~4 GFLOP) holds its
-    only instance; the answers of the small ones."""
+    """Send `count` one-row requests to `slow` while another holds its only instance (see
+    `held`), and let it go once each of them is queued or refused; their answers."""
     pool = dataplane.reconciler.models["slow"].get(None).pool
     assert pool is not None
-    rows = 1024
-    big = {"inputs": [{"name": "INPUT0", "shape": [rows, 512], "datatype": "FP32",
-                       "data": [0.0] * (rows * 512)}]}  # fmt: skip
-    small = {
+    one_row = {
         "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}]
     }
-    hold = asyncio.create_task(client.post("/v2/models/slow/infer", json=big))
-    async with asyncio.timeout(30):
-        while not pool.pending:
-            await asyncio.sleep(0.001)
-    responses = await asyncio.gather(
-        *(client.post("/v2/models/slow/infer", json=small) for _ in range(count))
-    )
-    assert (await hold).status_code == 200
-    return list(responses)
+
+    def infer() -> asyncio.Task[httpx.Response]:
+        return asyncio.create_task(client.post("/v2/models/slow/infer", json=one_row))
+
+    with held(pool) as holding:
+        holder = infer()
+        await eventually(holding.is_set, "the first request to hold the only instance")
+        tasks = [infer() for _ in range(count)]
+        await eventually(
+            lambda: sum(t.done() for t in tasks) + pool.pending - 1 == count,
+            f"{count} requests to be queued or refused",
+        )
+    assert (await holder).status_code == 200
+    return list(await asyncio.gather(*tasks))
 
 
 def repository_settings(mode: str = "watch", settle_ms: int = 100) -> Settings:
@@ -133,3 +138,43 @@ async def ticks_while(work: Awaitable[T]) -> tuple[int, T]:
         ticks += 1
         await asyncio.sleep(0)
     return ticks, task.result()
+
+
+class _HeldEngine:
+    """A pool's engine whose first run waits for the test: see `held`."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.running = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(
+        self, instance: int, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        with self._lock:
+            first = not self.running.is_set()
+            self.running.set()
+        if first:
+            self.release.wait()
+        return self.engine.run(instance, inputs, outputs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+@contextlib.contextmanager
+def held(pool: InstancePool) -> Iterator[threading.Event]:
+    """Hold `pool`'s instance busy for as long as the block runs, however fast or loaded the
+    machine: the first request an instance takes waits inside the engine until the block exits,
+    then runs on the real engine. Yields an Event, set once that request is waiting there.
+
+    A long request would hold it too, for a time that depends on the machine: under load the
+    queued requests were late and met neither the full queue nor the timeout behind it."""
+    gate = _HeldEngine(pool.engine)
+    pool.engine = gate
+    try:
+        yield gate.running
+    finally:
+        gate.release.set()
+        pool.engine = gate.engine

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.settings import Settings
 from tests import onnx_models
-from tests.conftest import queued_behind_a_long_request, running_app, slow_model
+from tests.conftest import queued_behind_a_held_request, running_app, slow_model
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +105,7 @@ async def test_batch_size_histogram_reflects_batching(repo: Path) -> None:
 async def test_queue_full_counts_as_rejected(repo: Path) -> None:
     slow_model(repo, "max_queue_size = 1")
     async with running_app(repo) as (client, dataplane):
-        responses = await queued_behind_a_long_request(client, dataplane, 5)
+        responses = await queued_behind_a_held_request(client, dataplane, 5)
         rejected = sum(r.status_code == 503 for r in responses)
         m = samples((await client.get("/metrics")).text)
         stats = (await client.get("/v2/models/slow/versions/1/stats")).json()["model_stats"][0]

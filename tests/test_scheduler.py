@@ -15,6 +15,7 @@ from server.errors import InvalidRequest, Unavailable
 from server.model_config import ModelConfig
 from server.scheduler import Completions, InstancePool, _concat
 from tests import onnx_models
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -138,8 +139,7 @@ async def test_resize_under_load_loses_no_request(dense: Path) -> None:
         before = done
         await asyncio.to_thread(pool.resize, size)
         assert pool.instances == size
-        while done < before + 20:
-            await asyncio.sleep(0.001)
+        await eventually(lambda n=before + 20: done >= n, f"20 answers from {size} instances")
     stop = True
     await asyncio.gather(*clients)  # none raised
     assert len(pool.engine._sessions) == 2  # type: ignore[attr-defined]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -14,7 +17,7 @@ from onnx import TensorProto, helper
 
 from server.settings import Settings
 from tests import onnx_models
-from tests.conftest import queued_behind_a_long_request, running_app, slow_model
+from tests.conftest import eventually, held, running_app, slow_model
 
 pytestmark = pytest.mark.anyio
 
@@ -398,13 +401,48 @@ async def test_body_over_the_limit_is_413(repository: Path) -> None:
 
 
 async def test_queue_full_and_queue_timeout_are_503(repo: Path) -> None:
-    slow_model(repo, "max_queue_size = 2\ntimeout_us = 20000")
+    slow_model(repo, "max_queue_size = 2")
+    one_row = {
+        "inputs": [{"name": "INPUT0", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}]
+    }
     async with running_app(repo) as (client, dataplane):
-        responses = await queued_behind_a_long_request(client, dataplane, 8)
-    errors = [r.json()["error"] for r in responses if r.status_code == 503]
-    assert any("queue full (2 requests waiting" in e for e in errors), errors
-    assert any("request timed out in the queue after" in e for e in errors), errors
-    assert all(r.status_code in (200, 503) for r in responses)
+        pool = dataplane.reconciler.models["slow"].get(None).pool
+        assert pool is not None
+
+        def infer() -> asyncio.Task[httpx.Response]:
+            return asyncio.create_task(client.post("/v2/models/slow/infer", json=one_row))
+
+        with held(pool) as holding:
+            holder = infer()
+            await eventually(holding.is_set, "the first request to hold the only instance")
+            # The queue timeout comes only now, in place: the request holding the instance
+            # must not meet it, however late its thread got to run.
+            timeout_us = 20_000
+            toml = (repo / "slow" / "model.toml").read_text()
+            (repo / "slow" / "model.toml").write_text(f"{toml}timeout_us = {timeout_us}\n")
+            assert (await client.post("/v2/repository/models/slow/load")).status_code == 200
+            assert pool.config.batching is not None
+            assert pool.config.batching.timeout_us == timeout_us
+
+            waiting = [infer() for _ in range(8)]
+            # Two fit in the queue; the other six are refused at once.
+            await eventually(lambda: sum(t.done() for t in waiting) == 6, "six refusals")
+            refused = [t.result() for t in waiting if t.done()]
+            queued = [t for t in waiting if not t.done()]
+            assert pool.pending == 3
+            # The two queued ones have now waited for longer than timeout_us.
+            since = time.perf_counter_ns()
+            await eventually(
+                lambda: time.perf_counter_ns() - since > timeout_us * 1000, "the queue timeout"
+            )
+        assert (await holder).status_code == 200
+        timed_out = [await t for t in queued]
+    for response in refused:
+        assert response.status_code == 503
+        assert "queue full (2 requests waiting" in response.json()["error"]
+    for response in timed_out:
+        assert response.status_code == 503
+        assert "request timed out in the queue after" in response.json()["error"]
 
 
 async def test_repository_index_and_load_unload(repository: Path) -> None:
