@@ -243,7 +243,7 @@ class DataPlane:
         try:
             request = decode()
             check_target(request, found)
-            arrays, outputs, rows = found.prepare(request.inputs, request.output_names)
+            arrays, outputs, rows = found.check(request)
             decoded = time.perf_counter_ns()
             unexpected = "BACKEND"
             results = await pool.submit(arrays, outputs, rows)

@@ -52,6 +52,11 @@ class InferRequest:
     model_name: str | None = None
     """The model the body names (the KServe SDK sends it); checked against the target."""
     model_version: str | None = None
+    signature: object | None = None
+    """Set by a door that knows requests alike: two requests with the same signature have
+    the same input names, datatypes and shapes, the same requested outputs and the same
+    model_name/model_version, so a model version checks a signature once (the REST codec
+    gives each binary header layout one)."""
 
     @property
     def output_names(self) -> list[str] | None:

@@ -172,3 +172,35 @@ async def test_a_decoder_bug_is_not_counted_as_a_backend_failure(repo: Path) -> 
                 "iris", None, lambda: InferRequest([IRIS_INPUT]), lambda r: 1 / 0
             )
         assert failures(dataplane)["BACKEND"] == 0 and failures(dataplane)["OTHER"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_signature_is_checked_once_per_version_and_never_caches_data(
+    tmp_path: Path,
+) -> None:
+    from server.errors import InvalidRequest
+
+    root = tmp_path / "models"
+    onnx_models.model_folder(
+        root, "add_sub", ADD_SUB, {1: onnx_models.add_sub(tmp_path / "built" / "model.onnx")}
+    )
+    dataplane = DataPlane(Reconciler(root), "startup", 50)
+    await dataplane.start()
+    try:
+        await dataplane.wait_ready()
+        alike = object()  # what a door gives requests with the same header
+        for value in (1.0, 2.0):
+            a = np.full((1, 4), value, np.float32)
+            request = InferRequest(
+                [InferInput("B", "FP32", np.zeros((1, 4), np.float32)), InferInput("A", "FP32", a)],
+                signature=alike,
+            )
+            response = await dataplane.infer("add_sub", None, request)
+            np.testing.assert_array_equal(response.outputs["SUM"], a)  # this request's data
+        wrong = object()
+        bad = [InferInput("A", "FP32", np.ones((1, 3), np.float32))]
+        for _ in range(2):  # a failed check is not remembered as passed
+            with pytest.raises(InvalidRequest, match="input 'A'"):
+                await dataplane.infer("add_sub", None, InferRequest(bad, signature=wrong))
+    finally:
+        await dataplane.stop()

@@ -148,6 +148,8 @@ class App:
             return
         if found.need is not None and self.gate is not None:
             await self.gate.enter(found, scope, receive, send, self._run)
+        elif route.raw:  # the infer hot path: no extra frame
+            await cast(RawEndpoint, route.endpoint)(scope, receive, send, found.params)
         else:
             await self._run(found, scope, receive, send)
 

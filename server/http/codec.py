@@ -13,7 +13,7 @@ each tensor; this module checks the body's shape and says where each tensor's da
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,8 +53,8 @@ class Layout:
     Clients send the same JSON header with every request of a shape (perf_analyzer, wrk,
     tritonclient all do), so the infer endpoint keeps the layouts of recent headers: a body
     whose header bytes match skips JSON parsing and goes straight to np.frombuffer. A layout
-    depends on the header bytes alone, not on any model: the DataPlane checks the request
-    against the model's schema every time.
+    depends on the header bytes alone, not on any model: each model version checks a
+    layout's `signature` against its schema once (ModelVersion.check).
     """
 
     request: InferRequest
@@ -62,6 +62,8 @@ class Layout:
     tensors: tuple[tuple[str, str, np.dtype, tuple[int, ...], int, int], ...]
     """(name, datatype, dtype, shape, offset, count) per input, in the order sent."""
     body_size: int
+    signature: object = field(default_factory=object, compare=False)
+    """The requests' `InferRequest.signature`: one per layout, hashed by identity."""
 
     @classmethod
     def of(cls, request: InferRequest, offsets: list[int | None], body_size: int) -> Layout | None:
@@ -101,6 +103,7 @@ class Layout:
             bare.binary_output,
             bare.model_name,
             bare.model_version,
+            self.signature,
         )
 
 

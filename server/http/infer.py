@@ -43,12 +43,9 @@ class InferEndpoint:
     async def asgi(
         self, scope: Scope, receive: Receive, send: Send, params: Mapping[str, str]
     ) -> None:
-        """The route table's endpoint (routes.RawEndpoint)."""
-        await self.handle(scope, receive, send, params["model"], params.get("version"))
-
-    async def handle(
-        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
-    ) -> None:
+        """The route table's endpoint (routes.RawEndpoint): one infer request."""
+        model = params["model"]
+        version = params.get("version")
         length = encoding = header_length = accept = None
         for key, value in scope["headers"]:
             if key == b"content-length":
