@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,9 @@ shape = [4]
 """
 
 
-@pytest.mark.anyio
-async def test_the_dataplane_infers_checks_and_counts_without_any_transport(
-    tmp_path: Path,
-) -> None:
-    from server.errors import InvalidRequest, NotFound
-    from server.inference import InferInput, InferRequest, RequestedOutput
-    from tests import onnx_models
-
+@pytest.fixture
+async def add_sub(tmp_path: Path) -> AsyncIterator[DataPlane]:
+    """A started DataPlane over one model, add_sub (SUM = A + B, DIFF = A - B), no transport."""
     root = tmp_path / "models"
     onnx_models.model_folder(
         root, "add_sub", ADD_SUB, {1: onnx_models.add_sub(tmp_path / "built" / "model.onnx")}
@@ -80,37 +76,48 @@ async def test_the_dataplane_infers_checks_and_counts_without_any_transport(
     await dataplane.start()
     try:
         await dataplane.wait_ready()
-        a = np.arange(8, dtype=np.float32).reshape(2, 4)
-        b = np.ones((2, 4), dtype=np.float32)
-        request = InferRequest(
-            [InferInput("A", "FP32", a), InferInput("B", "FP32", b)],
-            outputs=[RequestedOutput("DIFF")],
-            id="r1",
-            model_name="add_sub",
-        )
-        response = await dataplane.infer("add_sub", None, request)
-        assert (response.model_name, response.model_version, response.id) == ("add_sub", "1", "r1")
-        assert list(response.outputs) == ["DIFF"] and response.rows == 2
-        np.testing.assert_array_equal(response.outputs["DIFF"], a - b)
-        streamed = [r async for r in dataplane.stream("add_sub", "1", request)]
-        assert len(streamed) == 1
-        np.testing.assert_array_equal(streamed[0].outputs["DIFF"], a - b)
-
-        wrong = InferRequest([InferInput("A", "FP32", a[:, :3]), InferInput("B", "FP32", b)])
-        with pytest.raises(InvalidRequest, match="input 'A'"):
-            await dataplane.infer("add_sub", None, wrong)
-        elsewhere = InferRequest(request.inputs, model_name="other")
-        with pytest.raises(InvalidRequest, match=r"model_name .other.*add_sub"):
-            await dataplane.infer("add_sub", None, elsewhere)
-        with pytest.raises(NotFound):
-            await dataplane.infer("ghost", None, request)
-
-        stats = (await dataplane.model_statistics("add_sub", None))["model_stats"][0]
-        inference = stats["inference_stats"]
-        assert inference["success"]["count"] == 2 and inference["fail"]["count"] == 2
-        assert stats["inference_count"] == 4  # rows, as Triton counts them
+        yield dataplane
     finally:
         await dataplane.stop()
+
+
+@pytest.mark.anyio
+async def test_the_dataplane_infers_checks_and_counts_without_any_transport(
+    add_sub: DataPlane,
+) -> None:
+    from server.errors import InvalidRequest, NotFound
+    from server.inference import InferInput, InferRequest, RequestedOutput
+
+    dataplane = add_sub
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    b = np.ones((2, 4), dtype=np.float32)
+    request = InferRequest(
+        [InferInput("A", "FP32", a), InferInput("B", "FP32", b)],
+        outputs=[RequestedOutput("DIFF")],
+        id="r1",
+        model_name="add_sub",
+    )
+    response = await dataplane.infer("add_sub", None, request)
+    assert (response.model_name, response.model_version, response.id) == ("add_sub", "1", "r1")
+    assert list(response.outputs) == ["DIFF"] and response.rows == 2
+    np.testing.assert_array_equal(response.outputs["DIFF"], a - b)
+    streamed = [r async for r in dataplane.stream("add_sub", "1", request)]
+    assert len(streamed) == 1
+    np.testing.assert_array_equal(streamed[0].outputs["DIFF"], a - b)
+
+    wrong = InferRequest([InferInput("A", "FP32", a[:, :3]), InferInput("B", "FP32", b)])
+    with pytest.raises(InvalidRequest, match="input 'A'"):
+        await dataplane.infer("add_sub", None, wrong)
+    elsewhere = InferRequest(request.inputs, model_name="other")
+    with pytest.raises(InvalidRequest, match=r"model_name .other.*add_sub"):
+        await dataplane.infer("add_sub", None, elsewhere)
+    with pytest.raises(NotFound):
+        await dataplane.infer("ghost", None, request)
+
+    stats = (await dataplane.model_statistics("add_sub", None))["model_stats"][0]
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] == 2 and inference["fail"]["count"] == 2
+    assert stats["inference_count"] == 4  # rows, as Triton counts them
 
 
 def test_the_core_imports_no_transport() -> None:
@@ -176,31 +183,22 @@ async def test_a_decoder_bug_is_not_counted_as_a_backend_failure(repo: Path) -> 
 
 @pytest.mark.anyio
 async def test_a_signature_is_checked_once_per_version_and_never_caches_data(
-    tmp_path: Path,
+    add_sub: DataPlane,
 ) -> None:
     from server.errors import InvalidRequest
 
-    root = tmp_path / "models"
-    onnx_models.model_folder(
-        root, "add_sub", ADD_SUB, {1: onnx_models.add_sub(tmp_path / "built" / "model.onnx")}
-    )
-    dataplane = DataPlane(Reconciler(root), "startup", 50)
-    await dataplane.start()
-    try:
-        await dataplane.wait_ready()
-        alike = object()  # what a door gives requests with the same header
-        for value in (1.0, 2.0):
-            a = np.full((1, 4), value, np.float32)
-            request = InferRequest(
-                [InferInput("B", "FP32", np.zeros((1, 4), np.float32)), InferInput("A", "FP32", a)],
-                signature=alike,
-            )
-            response = await dataplane.infer("add_sub", None, request)
-            np.testing.assert_array_equal(response.outputs["SUM"], a)  # this request's data
-        wrong = object()
-        bad = [InferInput("A", "FP32", np.ones((1, 3), np.float32))]
-        for _ in range(2):  # a failed check is not remembered as passed
-            with pytest.raises(InvalidRequest, match="input 'A'"):
-                await dataplane.infer("add_sub", None, InferRequest(bad, signature=wrong))
-    finally:
-        await dataplane.stop()
+    dataplane = add_sub
+    alike = object()  # what a door gives requests with the same header
+    for value in (1.0, 2.0):
+        a = np.full((1, 4), value, np.float32)
+        request = InferRequest(
+            [InferInput("B", "FP32", np.zeros((1, 4), np.float32)), InferInput("A", "FP32", a)],
+            signature=alike,
+        )
+        response = await dataplane.infer("add_sub", None, request)
+        np.testing.assert_array_equal(response.outputs["SUM"], a)  # this request's data
+    wrong = object()
+    bad = [InferInput("A", "FP32", np.ones((1, 3), np.float32))]
+    for _ in range(2):  # a failed check is not remembered as passed
+        with pytest.raises(InvalidRequest, match="input 'A'"):
+            await dataplane.infer("add_sub", None, InferRequest(bad, signature=wrong))

@@ -28,7 +28,8 @@ from starlette.responses import Response
 
 from ..auth.guard import Guard
 from ..auth.tokens import Token, TokenPatch, TokenSpec, validate
-from ..errors import InvalidRequest, PayloadTooLarge, show
+from ..errors import InvalidRequest, show
+from .endpoints import read_body
 from .routes import Access, Route
 
 MAX_BODY = 64 * 1024
@@ -153,14 +154,7 @@ def _json(content: Any, status: int = 200) -> Response:
 
 async def _body(request: Request) -> Any:
     """The JSON body (an empty body reads as {})."""
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"admin request body exceeds {MAX_BODY} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_body(request, MAX_BODY, f"admin request body exceeds {MAX_BODY} bytes")
     if not body.strip():
         return {}
     try:

@@ -37,19 +37,20 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, too_large: str | None = None) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed `limit` bytes (with the
+    message `too_large` when given, else one naming max_request_bytes)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
-            f"request body of {declared} bytes exceeds max_request_bytes ({limit})"
+            too_large or f"request body of {declared} bytes exceeds max_request_bytes ({limit})"
         )
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit})")
+            raise PayloadTooLarge(too_large or f"request body exceeds max_request_bytes ({limit})")
         chunks.append(chunk)
     return b"".join(chunks)
 
