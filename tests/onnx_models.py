@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,11 @@ def copy_samples(root: Path) -> None:
     """The shipped sample models, copied into a test repository."""
     for sample in ("digits", "iris"):
         shutil.copytree(SAMPLES / sample, root / sample)
+
+
+def identity_models(root: Path, datatypes: Iterable[str]) -> None:
+    """root/identity_<datatype> per datatype: output = input, [batch, 3], max_batch_size 8."""
+    for datatype in datatypes:
+        name = f"identity_{datatype.lower()}"
+        identity(root / name / "1" / "model.onnx", datatype, ["batch", 3])
+        (root / name / "model.toml").write_text('engine = "onnxruntime"\nmax_batch_size = 8\n')

@@ -32,10 +32,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("kserve") / "models"
     root.mkdir()
     onnx_models.copy_samples(root)
-    for datatype in IDENTITIES:
-        name = f"identity_{datatype.lower()}"
-        onnx_models.identity(root / name / "1" / "model.onnx", datatype, ["batch", 3])
-        (root / name / "model.toml").write_text('engine = "onnxruntime"\nmax_batch_size = 8\n')
+    onnx_models.identity_models(root, IDENTITIES)
     with live_server(root) as (base, _):
         yield base
 

@@ -37,10 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     root = tmp_path_factory.mktemp("live") / "models"
     root.mkdir()
     onnx_models.copy_samples(root)
-    for datatype in DATATYPES:
-        name = f"identity_{datatype.lower()}"
-        onnx_models.identity(root / name / "1" / "model.onnx", datatype, ["batch", 3])
-        (root / name / "model.toml").write_text('engine = "onnxruntime"\nmax_batch_size = 8\n')
+    onnx_models.identity_models(root, DATATYPES)
     with live_server(root) as (url, _):
         yield url.removeprefix("http://"), root
 
