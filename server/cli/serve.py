@@ -150,8 +150,11 @@ def run(settings: Settings) -> int:
 
 
 def transport(settings: Settings, app: ASGIApp, port: int) -> uvicorn.Config:
-    """How uvicorn serves `app` on `port`: no header of the request's rewriting its client."""
+    """How uvicorn serves `app` on `port`: the connection policy of ``[server]``
+    (server/http/protocol.py), and no header of the request's rewriting its client."""
     import uvicorn
+
+    from ..http.protocol import ConnectionPolicy, HTTPProtocol
 
     server = settings.server
     return uvicorn.Config(
@@ -159,11 +162,15 @@ def transport(settings: Settings, app: ASGIApp, port: int) -> uvicorn.Config:
         host=server.host,
         port=port,
         backlog=BACKLOG,
+        http=HTTPProtocol.bind(ConnectionPolicy(server)),
         # Only [auth] trusted_proxies decides whose X-Forwarded-For counts (http/access.py).
         # uvicorn's own handling, on by default and trusting 127.0.0.1, made the header of any
         # local client its address, past a token's IP restriction and into the usage log
         # (issue 12, finding 2); off, X-Forwarded-Proto and -Host change nothing either.
         proxy_headers=False,
+        timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
+        # Used by uvicorn's h11 protocol only, should one replace ours.
+        h11_max_incomplete_event_size=server.max_header_bytes,
         log_config=None,
         log_level=server.log_level,
         access_log=False,
