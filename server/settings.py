@@ -52,6 +52,22 @@ class ServerSettings(Section):
     port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger bodies are refused with 413."""
+    max_header_bytes: int = Field(64 * 1024, gt=0)
+    """Largest request head (request line and headers) accepted, counted as it arrives: past
+    it the server answers 431 and closes the connection without reading the rest. Real
+    clients send under 1 KiB."""
+    max_headers: int = Field(100, gt=0)
+    """Most header lines in one request; more are answered 431 and the connection closed."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """How long a client has to send a request's complete head, from the moment its
+    connection opens (or, on a kept-alive connection, its next request's first bytes
+    arrive): then 408 and close; a connection that sent nothing is closed unanswered."""
+    keep_alive_s: float = Field(5.0, gt=0)
+    """An idle kept-alive connection is closed after this long without a new request."""
+    max_connections: int = Field(1000, gt=0)
+    """Connections open at once (HTTP and WebSocket). One opened past it is answered 503 at
+    its first request and closed; those already open are served as usual. A connection runs
+    one request at a time, so this also bounds the requests in flight."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     pin_threads: bool = True
     """Keep the event loop and the engine-calling threads on one core, engines' own compute

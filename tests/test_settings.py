@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from server import configfile
 from server.errors import ConfigError
-from server.settings import Settings, load
+from server.settings import ServerSettings, Settings, load
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -126,6 +127,39 @@ def test_shipped_config_is_valid() -> None:
     assert settings.server.port == 8000
     assert settings.auth.enabled is True
     assert settings.auth.database == root / "data" / "cinfer.db"
+
+
+def test_shipped_config_lists_every_server_key_at_its_default() -> None:
+    """config.toml is where an operator finds the knobs: none of [server]'s is missing."""
+    root = Path(__file__).resolve().parent.parent
+    shipped = configfile.read(root / "config.toml")[0]["server"]
+    defaults = ServerSettings().model_dump()
+    assert set(shipped) == set(defaults)
+    assert shipped == {key: defaults[key] for key in shipped}
+
+
+def test_transport_limits_from_the_environment_and_their_bounds() -> None:
+    server = load(
+        None,
+        env={
+            "CINFER_SERVER__MAX_HEADER_BYTES": "8192",
+            "CINFER_SERVER__MAX_HEADERS": "20",
+            "CINFER_SERVER__HEADER_TIMEOUT_S": "0.5",
+            "CINFER_SERVER__KEEP_ALIVE_S": "2",
+            "CINFER_SERVER__MAX_CONNECTIONS": "5",
+        },
+    ).server
+    assert (server.max_header_bytes, server.max_headers, server.max_connections) == (8192, 20, 5)
+    assert (server.header_timeout_s, server.keep_alive_s) == (0.5, 2.0)
+    for key in [
+        "max_header_bytes",
+        "max_headers",
+        "header_timeout_s",
+        "keep_alive_s",
+        "max_connections",
+    ]:
+        with pytest.raises(ConfigError, match=rf"CINFER_SERVER__{key.upper()}: .*greater than 0"):
+            load(None, env={f"CINFER_SERVER__{key.upper()}": "0"})
 
 
 def test_auth_settings_from_file_and_environment(tmp_path: Path) -> None:

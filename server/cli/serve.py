@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -21,6 +21,11 @@ from .. import __version__, affinity
 from ..errors import CinferError
 from ..settings import Settings
 from .config import LOG_LEVELS, config_option, configure_logging, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from ..http.asgi import ASGIApp
 
 STARTUP_FAILURE = 3
 """uvicorn's exit code when it cannot start; a taken address gets the same one from us."""
@@ -139,24 +144,43 @@ def run(settings: Settings) -> int:
             repository.mode,
             address(host, port),
         )
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            backlog=BACKLOG,
-            log_config=None,
-            log_level=settings.server.log_level,
-            access_log=False,
-            lifespan="on",
-            server_header=False,
-            date_header=False,
-            # SIGTERM / SIGINT: stop accepting, give requests in flight this long, then the
-            # lifespan shutdown unloads the models.
-            timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(transport(settings, app, port))
         server.run(sockets=[sock])
         return 0 if server.started else 1
+
+
+def transport(settings: Settings, app: ASGIApp, port: int) -> uvicorn.Config:
+    """How uvicorn serves `app` on `port`: the connection policy of ``[server]``
+    (server/http/protocol.py), and no header of the request's rewriting its client."""
+    import uvicorn
+
+    from ..http.protocol import ConnectionPolicy, HTTPProtocol
+
+    server = settings.server
+    return uvicorn.Config(
+        app,
+        host=server.host,
+        port=port,
+        backlog=BACKLOG,
+        http=HTTPProtocol.bind(ConnectionPolicy(server)),
+        # Only [auth] trusted_proxies decides whose X-Forwarded-For counts (http/access.py).
+        # uvicorn's own handling, on by default and trusting 127.0.0.1, made the header of any
+        # local client its address, past a token's IP restriction and into the usage log
+        # (issue 12, finding 2); off, X-Forwarded-Proto and -Host change nothing either.
+        proxy_headers=False,
+        timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
+        # Used by uvicorn's h11 protocol only, should one replace ours.
+        h11_max_incomplete_event_size=server.max_header_bytes,
+        log_config=None,
+        log_level=server.log_level,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+        # SIGTERM / SIGINT: stop accepting, give requests in flight this long, then the
+        # lifespan shutdown unloads the models.
+        timeout_graceful_shutdown=server.shutdown_grace_s,  # type: ignore[arg-type]
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:
