@@ -6,6 +6,13 @@ SQLite, and every 0.5 s (`sync()`) writes the counts and usage log rows in one t
 reloads the tokens when another process (the CLI) changed the file (``PRAGMA data_version``),
 and prunes the log. Reading credentials out of HTTP requests is http/access.py's job. See
 issue 5 and docs/auth.md.
+
+What a crash may cost (issue 12): a token with a monthly quota is served from a lease, a
+block of its quota counted in the database before it is served (`Guard.lease`), so a
+``kill -9`` loses at most the unserved rest of one lease and never serves a request the
+database did not count; a clean stop gives the rest back. Rate buckets are saved by a clean
+stop and restored at the next start; after a crash they start empty. The usage log loses the
+rows of the last flush interval.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from cachetools import LRUCache
 
 from ..errors import CinferError, Forbidden, TooManyRequests, Unauthorized
 from ..settings import AuthSettings
-from .store import Database, LogRow, UsageCount
+from .store import Bucket, Database, LogRow, Refusals, UsageCount
 from .tokens import (
     Clock,
     Network,
@@ -45,6 +52,16 @@ MAX_CACHED = 4096
 recently used dropped first."""
 MAX_LOG_ROWS = 500_000
 """Usage log rows held while the database cannot be written; later ones are dropped."""
+MAX_REFUSAL_KEYS = 10_000
+"""Distinct (minute, address, status) counts of tokenless refusals held between two writes;
+refusals from further addresses are counted under the address ``*``."""
+LEASE_SHARE = 100
+"""A quota lease is at most 1/LEASE_SHARE of the monthly quota (and at least 1 request): a
+crash can cost a token at most that much of its month."""
+
+
+class LeaseNeeded(Exception):
+    """The token's quota lease is spent: `await Guard.lease(grant)`, then admit again."""
 
 
 class UnknownToken(Unauthorized):
@@ -77,6 +94,9 @@ class Grant:
         "flushing",
         "id",
         "last_used",
+        "lease",
+        "lease_size",
+        "leased_at",
         "model_ok",
         "month",
         "name",
@@ -89,6 +109,7 @@ class Grant:
         "stamp",
         "token",
         "used",
+        "written_use",
     )
 
     def __init__(self, token: Token, month: str) -> None:
@@ -115,6 +136,16 @@ class Grant:
         self.pending = 0
         """Requests not yet written."""
         self.last_used: float | None = token.last_used_at
+        self.written_use = self.last_used
+        """`last_used` as last written."""
+        self.lease = 0
+        """Requests of the quota taken from the database (counted in `used`), not yet served."""
+        self.lease_size = 1
+        self.leased_at: float | None = None
+
+    def count(self) -> int:
+        """This month's requests: served, being written, not written yet."""
+        return self.used + self.flushing + self.pending - self.lease
 
     def allows_model(self, model: str) -> bool:
         allowed = self.model_ok.get(model)
@@ -165,6 +196,8 @@ class Guard:
         self._grants: dict[str, Grant] = {}
         self._verified: LRUCache[str, str] = LRUCache(MAX_CACHED)
         self._log: list[LogRow] = []
+        self._refusals: Refusals = {}
+        self._leasing: dict[str, asyncio.Future[None]] = {}
         self._dropped = 0
         self._carry: list[UsageCount] = []
         self._month, self._month_start, self._month_end = month_of(clock())
@@ -183,6 +216,7 @@ class Guard:
         await self.database.open()
         async with self._lock:
             await self._load()
+            self._restore_buckets(*await self.database.take_buckets(self.clock()))
             self._version = await self.database.data_version()
             await self._prune()
         if not self._grants:
@@ -210,13 +244,49 @@ class Guard:
         try:
             async with self._lock:
                 await self._flush()
+                await self._give_back()
         finally:
             await self.database.close()
 
+    def _restore_buckets(self, clean: bool | None, buckets: dict[str, Bucket]) -> None:
+        """Rate buckets as the last clean stop left them; all empty when the last run did not
+        stop cleanly (a crash must not hand out a fresh minute); full on a first start."""
+        if clean is None:
+            return
+        now = self.clock()
+        for grant in self._grants.values():
+            if not grant.capacity:
+                continue
+            if not clean:
+                grant.bucket, grant.stamp = 0.0, now
+            elif grant.id in buckets:
+                level, stamp = buckets[grant.id]
+                grant.bucket, grant.stamp = min(grant.capacity, level), stamp
+
+    async def _give_back(self) -> None:
+        """On a clean stop: return the unserved quota leases, keep the rate buckets."""
+        leases = [(g.id, g.month, g.lease) for g in self._grants.values() if g.lease > 0]
+        if leases:
+            await self.database.release(leases)
+            for grant in self._grants.values():
+                grant.lease = 0
+        now = self.clock()
+        buckets = {}
+        for grant in self._grants.values():
+            if grant.capacity:
+                level = min(grant.capacity, grant.bucket + max(0.0, now - grant.stamp) * grant.rate)
+                buckets[grant.id] = (level, now)
+        await self.database.save_buckets(buckets, now)
+
     async def _run(self, stopping: asyncio.Event) -> None:
+        # A write every `interval` from the last one's start, not its end: the rows a crash
+        # can lose are those of one interval, however long a write takes.
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
+            due = max(due + self.interval, loop.time())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.interval)
+                await asyncio.wait_for(stopping.wait(), due - loop.time())
             if stopping.is_set():
                 return
             try:
@@ -279,6 +349,9 @@ class Guard:
         async with self._lock:
             await self._flush()
             token = await self.database.reset_usage(ref)
+            grant = self._grants.get(token.id)
+            if grant is not None:
+                grant.lease = 0  # the reset forgot it: serving it would go uncounted
             await self._load()
         return token
 
@@ -297,7 +370,7 @@ class Guard:
         return dataclasses.replace(
             token,
             usage_month=month,
-            used=grant.used + grant.flushing + grant.pending,
+            used=max(0, grant.count()),
             last_used_at=grant.last_used,
         )
 
@@ -317,10 +390,12 @@ class Guard:
         """Keep the in-memory state of a token across a reload."""
         if previous.month == grant.month:
             grant.pending, grant.flushing = previous.pending, previous.flushing
+            grant.lease = previous.lease
         elif previous.pending:
             self._carry.append(
                 (previous.id, previous.month, previous.pending, previous.last_used or 0.0)
             )
+        grant.lease_size, grant.leased_at = previous.lease_size, previous.leased_at
         if previous.capacity and grant.capacity:
             grant.bucket = min(previous.bucket, grant.capacity)
             grant.stamp = previous.stamp
@@ -332,19 +407,24 @@ class Guard:
         batch = []
         counts = list(carried)
         for grant in self._grants.values():
-            if grant.pending:
+            if grant.pending or grant.last_used != grant.written_use:
                 n = grant.pending
                 counts.append((grant.id, grant.month, n, grant.last_used or 0.0))
                 batch.append((grant, grant.month, n))
                 grant.pending = 0
                 grant.flushing += n
+                grant.written_use = grant.last_used
         rows, self._log = self._log, []
-        if not counts and not rows:
+        refusals, self._refusals = self._refusals, {}
+        if not counts and not rows and not refusals:
             return
         try:
-            await self.database.save_usage(counts, rows)
+            await self.database.save_usage(counts, rows, refusals)
         except BaseException:
+            for key, n in refusals.items():
+                self._refusals[key] = self._refusals.get(key, 0) + n
             for grant, month, n in batch:
+                grant.written_use = None  # write its last use again next time
                 if grant.month == month:
                     grant.flushing -= n
                     grant.pending += n
@@ -417,12 +497,14 @@ class Guard:
             self._month, self._month_start, self._month_end = month_of(now)
         if grant.month != self._month:
             self._new_month(grant)
-        if grant.quota and grant.used + grant.flushing + grant.pending >= grant.quota:
-            raise TooManyRequests(
-                f"API token {grant.name!r} has used its monthly quota of {grant.quota} "
-                f"requests; the quota resets at {iso(self._month_end)}",
-                retry_after=math.ceil(self._month_end - now),
-            )
+        if grant.quota and grant.lease <= 0:
+            if grant.count() >= grant.quota:
+                raise TooManyRequests(
+                    f"API token {grant.name!r} has used its monthly quota of {grant.quota} "
+                    f"requests; the quota resets at {iso(self._month_end)}",
+                    retry_after=math.ceil(self._month_end - now),
+                )
+            raise LeaseNeeded
         if grant.capacity:
             wait = grant.take(now)
             if wait:
@@ -431,8 +513,54 @@ class Guard:
                     f"{int(grant.capacity)} requests per minute; retry in {math.ceil(wait)} s",
                     retry_after=math.ceil(wait),
                 )
-        grant.pending += 1
+        if grant.quota:
+            grant.lease -= 1
+        else:
+            grant.pending += 1
         grant.last_used = now
+
+    async def lease(self, grant: Grant) -> None:
+        """Take the next block of `grant`'s quota from the database; concurrent requests for
+        the same token share one. Admit again afterwards: 429 if none was left."""
+        leasing = self._leasing.get(grant.id)
+        if leasing is None:
+            leasing = asyncio.ensure_future(self._lease(grant))
+            self._leasing[grant.id] = leasing
+            leasing.add_done_callback(lambda _: self._leasing.pop(grant.id, None))
+        await asyncio.shield(leasing)
+
+    async def _lease(self, grant: Grant) -> None:
+        now = time.monotonic()
+        size, cap = grant.lease_size, max(1, grant.quota // LEASE_SHARE)
+        if grant.leased_at is not None:
+            # About a second of this token's traffic per lease: doubled when the last one
+            # lasted less, halved when it lasted over five.
+            spent = now - grant.leased_at
+            size = min(cap, size * 2) if spent < 1.0 else max(1, size // 2) if spent > 5 else size
+        want = min(size, cap, grant.quota - grant.count())
+        if want <= 0:
+            return
+        month = grant.month
+        got, used = await self.database.lease(grant.id, month, want)
+        # The tokens may have been reloaded meanwhile: the lease belongs to the current grant.
+        current = self._grants.get(grant.id, grant)
+        if current.month != month:
+            return  # the month turned: its quota no longer matters
+        current.lease += got
+        current.used += got
+        if got < want:  # others took the rest: learn the count now, not at the next reload
+            current.used = max(current.used, used - current.pending)
+        current.lease_size, current.leased_at = size, time.monotonic()
+
+    def refuse(self, now: float, address: str, status: int) -> None:
+        """Count a request refused before any token was recognised (none, malformed, unknown):
+        per minute, address and status, not a log row each, so a flood cannot fill the disk."""
+        key = (int(now // 60), address, status)
+        count = self._refusals.get(key)
+        if count is None and len(self._refusals) >= MAX_REFUSAL_KEYS:
+            key = (key[0], "*", status)
+            count = self._refusals.get(key)
+        self._refusals[key] = (count or 0) + 1
 
     def _new_month(self, grant: Grant) -> None:
         if grant.pending:

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -79,12 +80,38 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX usage_log_time ON usage_log (time)",
     ],
+    # 2 (issue 12): rate buckets kept across a clean restart, and requests refused without
+    # a token counted per minute, address and status instead of a log row each.
+    [
+        """CREATE TABLE rate_buckets (
+            token_id TEXT PRIMARY KEY,
+            level REAL NOT NULL,
+            stamp REAL NOT NULL
+        )""",
+        """CREATE TABLE refusals (
+            minute INTEGER NOT NULL,
+            client TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (minute, client, status)
+        ) WITHOUT ROWID""",
+    ],
 ]
+
+STOPPED = "*stopped*"
+"""The `rate_buckets` row a clean stop writes beside the buckets (its stamp: when)."""
+RUNNING = "*running*"
+"""The `rate_buckets` row a start writes: found by the next start, the run did not stop."""
 
 UsageCount = tuple[str, str, int, float]
 """(token id, month ``2026-11``, requests, last used at) accumulated since the last write."""
 LogRow = tuple[float, str | None, str | None, str | None, int, float, str]
 """(time, token id, model, version, status, latency in ms, client address): one request."""
+Refusals = dict[tuple[int, str, int], int]
+"""Requests refused without a token: (minute since the epoch, client address, status) ->
+how many."""
+Bucket = tuple[float, float]
+"""A rate bucket: (requests it holds, when it held them)."""
 
 
 class NameTaken(Conflict):
@@ -303,13 +330,25 @@ class Database:
         return int(await self._scalar("PRAGMA data_version"))
 
     @_uncancellable
-    async def save_usage(self, counts: Sequence[UsageCount], rows: Sequence[LogRow]) -> None:
-        """Add request counts (as deltas, so writers never overwrite each other) and log rows.
+    async def save_usage(
+        self,
+        counts: Sequence[UsageCount],
+        rows: Sequence[LogRow],
+        refusals: Refusals | None = None,
+    ) -> None:
+        """Add request counts (as deltas, so writers never overwrite each other), log rows and
+        the counts of requests refused without a token.
 
         A count for a month older than the token's stored month is dropped: that month's
         quota no longer matters.
         """
         async with self._transaction() as conn:
+            if refusals:
+                await conn.executemany(
+                    "INSERT INTO refusals VALUES (?, ?, ?, ?) ON CONFLICT "
+                    "DO UPDATE SET requests = requests + excluded.requests",
+                    [(*key, n) for key, n in refusals.items()],
+                )
             await conn.executemany(
                 "UPDATE tokens SET "
                 "used = CASE WHEN usage_month = ?2 THEN used + ?3 "
@@ -326,6 +365,70 @@ class Database:
                 await conn.execute(_insert_log(len(chunk)), [v for row in chunk for v in row])
 
     @_uncancellable
+    async def lease(self, token_id: str, month: str, want: int) -> tuple[int, int]:
+        """Take up to `want` requests of a token's monthly quota for `month` ahead of serving
+        them: (how many it got, the month's count now, leases included).
+
+        The count is raised before a request is served, so a crash can only lose requests
+        taken and not served (`release` gives them back on a clean stop), never serve
+        requests the database does not know of.
+        """
+        async with self._transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT used, usage_month, monthly_quota FROM tokens WHERE id = ?",
+                    (token_id,),
+                )
+            )
+            if not rows:
+                return 0, 0
+            used, stored_month, quota = rows[0]
+            if stored_month > month:  # another process is already in the next month
+                return 0, used
+            if stored_month < month:
+                used = 0
+            got = max(0, min(want, quota - used)) if quota else want
+            await conn.execute(
+                "UPDATE tokens SET used = ?, usage_month = ? WHERE id = ?",
+                (used + got, month, token_id),
+            )
+        return got, used + got
+
+    @_uncancellable
+    async def release(self, leases: Sequence[tuple[str, str, int]]) -> None:
+        """Give back the unserved part of quota leases: (token id, month, requests)."""
+        async with self._transaction() as conn:
+            await conn.executemany(
+                "UPDATE tokens SET used = max(0, used - ?3) WHERE id = ?1 AND usage_month = ?2",
+                leases,
+            )
+
+    @_uncancellable
+    async def take_buckets(self, started_at: float) -> tuple[bool | None, dict[str, Bucket]]:
+        """The rate buckets the last run left: (True, buckets) after a clean stop, (False, {})
+        when the last run did not stop cleanly, (None, {}) when none ever ran. A run marker
+        replaces them, so a crash of this run reads as one at the next start."""
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall("SELECT token_id, level, stamp FROM rate_buckets")
+            await conn.execute("DELETE FROM rate_buckets")
+            await conn.execute("INSERT INTO rate_buckets VALUES (?, 0, ?)", (RUNNING, started_at))
+        buckets = {token_id: (level, stamp) for token_id, level, stamp in rows}
+        if buckets.pop(STOPPED, None) is not None:
+            return True, buckets
+        return (False if RUNNING in buckets else None), {}
+
+    @_uncancellable
+    async def save_buckets(self, buckets: dict[str, Bucket], stopped_at: float) -> None:
+        """Keep the rate buckets for the next start (a clean stop)."""
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM rate_buckets")
+            await conn.executemany(
+                "INSERT INTO rate_buckets VALUES (?, ?, ?)",
+                [(token_id, level, stamp) for token_id, (level, stamp) in buckets.items()]
+                + [(STOPPED, 0.0, stopped_at)],
+            )
+
+    @_uncancellable
     async def prune(self, before: float, *, batch: int = 10_000) -> int:
         """Delete usage log rows older than `before`, a batch per transaction."""
         total = 0
@@ -339,7 +442,10 @@ class Database:
                 deleted = cursor.rowcount
             total += deleted
             if deleted < batch:
-                return total
+                break
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM refusals WHERE minute < ?", (int(before // 60),))
+        return total
 
     async def usage(
         self, since: float, until: float, *, token: str | None = None, model: str | None = None
@@ -378,6 +484,20 @@ class Database:
                 "mean_latency_ms": round(latency, 3),
             }
             for day, token_id, name, model_name, requests, errors, latency in rows
+        ]
+
+    async def refused(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Requests refused without a token, per UTC day, client address and status."""
+        with self._translate():
+            rows = await self.conn.execute_fetchall(
+                "SELECT date(minute * 60, 'unixepoch') AS day, client, status, sum(requests) "
+                "FROM refusals WHERE minute >= ? AND minute < ? "
+                "GROUP BY day, client, status ORDER BY day, client, status",
+                (int(since // 60), math.ceil(until / 60)),
+            )
+        return [
+            {"day": day, "client": client, "status": status, "requests": requests}
+            for day, client, status, requests in rows
         ]
 
     # -- plumbing -------------------------------------------------------------------------

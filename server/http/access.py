@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from cachetools import LRUCache
 
-from ..auth.guard import MAX_CACHED, Guard, UnknownToken
+from ..auth.guard import MAX_CACHED, Guard, LeaseNeeded, UnknownToken
 from ..auth.tokens import contains, parse_address, parse_network
 from ..errors import CinferError, InvalidRequest, Unauthorized, show
 from .asgi import STATUS_KEY, Message, Receive, Scope, Send, send_error
@@ -110,12 +110,20 @@ class Gate:
             except UnknownToken:
                 await guard.catch_up()  # a token made by the CLI a moment ago
                 grant = guard.identify(credentials)
-            guard.admit(grant, need, address, now)
+            while True:
+                try:
+                    guard.admit(grant, need, address, now)
+                    break
+                except LeaseNeeded:  # the next block of its monthly quota, then again
+                    await guard.lease(grant)
+                    grant = guard.identify(credentials)
         except CinferError as exc:
-            if guard.logging:
+            if grant is None:
+                guard.refuse(now, address, exc.status_code)
+            elif guard.logging:
                 guard.record(
-                    (now, grant.id if grant else None, need.model, need.version,
-                     exc.status_code, (time.perf_counter() - start) * 1000, address)
+                    (now, grant.id, need.model, need.version, exc.status_code,
+                     (time.perf_counter() - start) * 1000, address)
                 )  # fmt: skip
             self.rejections[exc.status_code] = self.rejections.get(exc.status_code, 0) + 1
             if scope["type"] == "websocket":

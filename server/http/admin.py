@@ -9,7 +9,9 @@
     POST   /admin/tokens/{ref}/pause|resume|revoke|reset-usage
     POST   /admin/tokens/{ref}/extend        {"expires": "2027-01-31" | "30d" | "never"}
     GET    /admin/usage?since=&until=&token=&model=
-                                             requests and errors per token, model and UTC day
+                                             requests and errors per token, model and UTC day;
+                                             requests refused without a token per day,
+                                             address and status
 
 The same operations as `cinfer tokens` (cli/tokens.py), over the same Database; a change made
 here is in force for the next request (the Guard reloads at once).
@@ -109,7 +111,8 @@ class Admin:
         rows = await self.database.usage(
             since, until, token=query.get("token"), model=query.get("model")
         )
-        return _json({"usage": rows})
+        refused = await self.database.refused(since, until)
+        return _json({"usage": rows, "refused_without_token": refused})
 
     def routes(self) -> list[Route]:
         one = "/admin/tokens/{ref}"

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from server.auth import guard as guard_module
 from server.auth.guard import Guard
 from server.auth.store import Database
 from server.auth.tokens import TokenSpec
@@ -627,11 +628,14 @@ async def test_usage_aggregates_requests_and_errors_per_token_model_and_day(h: H
     assert (await h.infer("nope")).status_code == 401
     h.clock.now += 120  # into December
     assert (await h.infer(runner)).status_code == 200
-    usage = (await h.request("GET", "/admin/usage?model=tiny", admin)).json()["usage"]
-    assert [(u["day"], u["token_name"], u["requests"], u["errors"]) for u in usage] == [
-        ("2026-11-30", None, 1, 1),
+    answer = (await h.request("GET", "/admin/usage?model=tiny", admin)).json()
+    assert [(u["day"], u["token_name"], u["requests"], u["errors"]) for u in answer["usage"]] == [
         ("2026-11-30", "runner", 3, 0),
         ("2026-12-01", "runner", 1, 0),
+    ]
+    # The request without a valid token is counted per day, address and status, not logged.
+    assert answer["refused_without_token"] == [
+        {"day": "2026-11-30", "client": "127.0.0.1", "status": 401, "requests": 1}
     ]
     iris = (await h.request("GET", "/admin/usage?token=runner&model=iris", admin)).json()["usage"]
     assert [(u["requests"], u["errors"]) for u in iris] == [(1, 1)]
@@ -812,4 +816,72 @@ async def test_websocket_routes_are_authenticated_like_http_ones(
         rows = sqlite3.connect(h.guard.database.path).execute(
             "SELECT model, status FROM usage_log ORDER BY id"
         )
-        assert list(rows) == [("tiny", 401), ("tiny", 403), ("iris", 403), ("tiny", 101)]
+        assert list(rows) == [("tiny", 403), ("iris", 403), ("tiny", 101)]
+        refusals = sqlite3.connect(h.guard.database.path).execute(
+            "SELECT client, status, requests FROM refusals"
+        )
+        assert list(refusals) == [("127.0.0.1", 401, 1)]  # the one without a token
+
+
+# -- what a crash can cost (issue 12) -----------------------------------------------------------
+
+
+async def test_quota_is_taken_from_the_database_before_it_is_served(
+    tmp_path: Path, tiny_onnx: Path
+) -> None:
+    async with guarded(tmp_path, tiny_onnx, interval=3600) as h:
+        token = await h.create("metered", monthly_quota=10_000)
+        for _ in range(300):
+            assert (await h.infer(token)).status_code == 200
+        # Nothing flushed yet, yet the file already counts every request served, and at most
+        # one lease (1/100 of the quota) ahead of them.
+        stored = await h.guard.database.find("metered")
+        assert 300 <= stored.used <= 300 + 100
+        shown = (await h.request("GET", "/admin/tokens/metered", await admin(h))).json()
+        assert shown["used_this_month"] == 300
+        database = h.guard.database.path
+    with sqlite3.connect(database) as conn:  # the clean stop gave the unserved rest back
+        assert conn.execute("SELECT used FROM tokens WHERE name = 'metered'").fetchone() == (300,)
+
+
+async def admin(h: Harness) -> str:
+    return await h.create(f"admin-{len(h.guard._grants)}", scopes=["admin"])
+
+
+async def test_a_reset_forgets_the_lease_too(tmp_path: Path, tiny_onnx: Path) -> None:
+    async with guarded(tmp_path, tiny_onnx) as h:
+        token = await h.create("metered", monthly_quota=1000)
+        for _ in range(20):
+            assert (await h.infer(token)).status_code == 200
+        await h.guard.reset_usage("metered")
+        assert (await h.infer(token)).status_code == 200
+        shown = (await h.request("GET", "/admin/tokens/metered", await admin(h))).json()
+        assert shown["used_this_month"] == 1
+        database = h.guard.database.path
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT used FROM tokens WHERE name = 'metered'").fetchone() == (1,)
+
+
+async def test_refusals_without_a_token_are_counted_per_minute_address_and_status(
+    h: Harness,
+) -> None:
+    for n in range(3):
+        assert (await h.infer(None, address=f"10.0.0.{n % 2}")).status_code == 401
+    assert (await h.infer("cinfer_nope", address="10.0.0.1")).status_code == 401
+    h.clock.now += 60
+    assert (await h.infer(None, address="10.0.0.1")).status_code == 401
+    await h.guard.flush()
+    with sqlite3.connect(h.guard.database.path) as conn:
+        rows = conn.execute("SELECT minute, client, status, requests FROM refusals ORDER BY 1, 2")
+        minute = int(NOW // 60)
+        assert list(rows) == [
+            (minute, "10.0.0.0", 401, 2),
+            (minute, "10.0.0.1", 401, 2),
+            (minute + 1, "10.0.0.1", 401, 1),
+        ]
+        assert conn.execute("SELECT count(*) FROM usage_log").fetchone() == (0,)
+    # However many addresses a flood comes from, what is held between writes is bounded.
+    for n in range(guard_module.MAX_REFUSAL_KEYS + 50):
+        h.guard.refuse(NOW, f"address-{n}", 401)
+    assert len(h.guard._refusals) == guard_module.MAX_REFUSAL_KEYS + 1
+    assert h.guard._refusals[(int(NOW // 60), "*", 401)] == 50
