@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import time
 from asyncio import TimerHandle
 from typing import Any, ClassVar
 
@@ -48,6 +49,10 @@ from ..settings import ServerSettings
 from .asgi import JSON, Receive, Scope, Send, send_error
 
 log = logging.getLogger("cinfer")
+
+LOG_EVERY_S = 10.0
+"""Refused connections are logged at most once per this many seconds (with a count of those
+not logged): a flood of them must not become a flood of log lines."""
 
 
 class Refusal:
@@ -90,6 +95,24 @@ class ConnectionPolicy:
             f"the server has max_connections ({self.max_connections}) connections open",
             {"retry-after": "1"},
         )
+        self._quiet_until = 0.0
+        self._unlogged = 0
+
+    def report(self, level: int, peer: str, refusal: Refusal) -> None:
+        """Log a refused connection, or count it when one was logged in the last LOG_EVERY_S."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        if self._unlogged:
+            log.warning(
+                "%d more connections refused in the last %g s (not logged one by one)",
+                self._unlogged,
+                LOG_EVERY_S,
+            )
+            self._unlogged = 0
+        self._quiet_until = now + LOG_EVERY_S
+        log.log(level, "%s: %s", peer, refusal.message)
 
 
 class HTTPProtocol(HttpToolsProtocol):
@@ -173,7 +196,7 @@ class HTTPProtocol(HttpToolsProtocol):
         if len(self.headers) > self.policy.max_headers:
             self.app = self.policy.too_many
         if isinstance(self.app, Refusal):  # answered as the app, by uvicorn's cycle
-            log.warning("%s: %s", self._peer(), self.app.message)
+            self.policy.report(logging.WARNING, self._peer(), self.app)
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
@@ -189,7 +212,7 @@ class HTTPProtocol(HttpToolsProtocol):
     def refuse(self, refusal: Refusal) -> None:
         """Log `refusal`, answer it and close, unread bytes left unread."""
         level = logging.INFO if refusal is self.policy.too_slow else logging.WARNING
-        log.log(level, "%s: %s", self._peer(), refusal.message)
+        self.policy.report(level, self._peer(), refusal)
         self._answer(refusal)
 
     def _answer(self, refusal: Refusal) -> None:
