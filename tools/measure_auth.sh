@@ -4,9 +4,11 @@
 # back to back and alternating, on the same machine (issue 5; docs/performance.md).
 #
 # Usage: tools/measure_auth.sh [--seconds N] [--rounds N] [--payloads json,binary]
-#                              [--configs off,on[,on-nolog]]
+#                              [--configs off,on[,on-nolog][,on-limits]]
 #   on-nolog: auth on with [auth] log_retention_days = 0 (no per-request usage log), to
 #   tell the cost of the checks from the cost of writing the log.
+#   on-limits: auth on with a token that has a monthly quota and a rate limit (both far
+#   above what the run sends): the cost of quota leases and the rate bucket.
 # Needs wrk and the peers' models and bodies under $PEERS_HOME (default /tmp/cinfer-peers;
 # ../shared/peers/compare.sh --servers ours writes them). PORT (default 18150) is where the
 # server listens. Prints one line per run and a table of the medians over the rounds: infer/s
@@ -78,6 +80,8 @@ run() {  # label payload token -> prints the wrk line; records "label payload rp
 }
 
 token=$(cd "$project" && "$py" -m server tokens create --name bench --scope infer 2>/dev/null)
+limited=$(cd "$project" && "$py" -m server tokens create --name bench-limits --scope infer \
+            --monthly-quota 1000000000000 --rate-limit 1000000000 2>/dev/null)
 IFS=, read -ra kinds <<<"$payloads"
 IFS=, read -ra setups <<<"$configs"
 for round in $(seq 1 "$rounds"); do
@@ -86,6 +90,7 @@ for round in $(seq 1 "$rounds"); do
       off) start false 30; tok="" ;;
       on) start true 30; tok=$token ;;
       on-nolog) start true 0; tok=$token ;;
+      on-limits) start true 30; tok=$limited ;;
       *) echo "unknown configuration $setup" >&2; exit 2 ;;
     esac
     for payload in "${kinds[@]}"; do run "auth-$setup" "$payload" "$tok"; done
