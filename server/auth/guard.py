@@ -1,11 +1,11 @@
 """The API tokens in memory: checked per request, kept in step with the database.
 
-A `Grant` is one token's live state (its rules, rate bucket and uncounted requests); the
-`Guard` holds them all, answers `identify()` and `admit()` for each request without touching
-SQLite, and every 0.5 s (`sync()`) writes the counts and usage log rows in one transaction,
-reloads the tokens when another process (the CLI) changed the file (``PRAGMA data_version``),
-and prunes the log. Reading credentials out of HTTP requests is http/access.py's job. See
-issue 5 and docs/auth.md.
+A `Grant` (auth/grant.py) is one token's live state (its rules, rate bucket, quota lease and
+uncounted requests); the `Guard` holds them all, answers `identify()` and `admit()` for each
+request without touching SQLite, and every 0.5 s (`sync()`) writes the counts and usage log
+rows in one transaction, reloads the tokens when another process (the CLI) changed the file
+(``PRAGMA data_version``), and prunes the log. Reading credentials out of HTTP requests is
+http/access.py's job. See issue 5 and docs/auth.md.
 
 What a crash may cost (issue 12): a token with a monthly quota is served from a lease, a
 block of its quota counted in the database before it is served (`Guard.lease`), so a
@@ -23,33 +23,26 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from hmac import compare_digest
 
 from cachetools import LRUCache
 
 from ..errors import CinferError, Forbidden, TooManyRequests, Unauthorized
 from ..settings import AuthSettings
+from .grant import MAX_CACHED, Grant, LeaseNeeded, Need, UnknownToken
 from .store import Bucket, Database, LogRow, Refusals, UsageCount
 from .tokens import (
     Clock,
-    Network,
     Token,
-    contains,
     diagnose,
     hash_secret,
     iso,
     month_of,
-    parse_network,
     split,
 )
 
 log = logging.getLogger("cinfer")
 
-MAX_CACHED = 4096
-"""Entries per in-memory cache (verified tokens, model and address decisions), least
-recently used dropped first."""
 MAX_LOG_ROWS = 500_000
 """Usage log rows held while the database cannot be written; later ones are dropped."""
 MAX_REFUSAL_KEYS = 10_000
@@ -58,122 +51,6 @@ refusals from further addresses are counted under the address ``*``."""
 LEASE_SHARE = 100
 """A quota lease is at most 1/LEASE_SHARE of the monthly quota (and at least 1 request): a
 crash can cost a token at most that much of its month."""
-
-
-class LeaseNeeded(Exception):
-    """The token's quota lease is spent: `await Guard.lease(grant)`, then admit again."""
-
-
-class UnknownToken(Unauthorized):
-    """A well-formed token that no loaded token matches (yet: see Guard.catch_up)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """What a request needs: a valid token with one of `permissions` (none: any valid token),
-    and `model` allowed when set."""
-
-    permissions: tuple[str, ...]
-    target: str = ""
-    """What the request does, for messages: ``GET /v2/models/iris/config``."""
-    model: str | None = None
-    version: str | None = None
-    infer: bool = False
-    """An inference: the door reports the status itself, the usage log counts it."""
-
-
-class Grant:
-    """One token's live state: its rules, its rate bucket and its uncounted requests."""
-
-    __slots__ = (
-        "active",
-        "address_ok",
-        "bucket",
-        "capacity",
-        "expires_at",
-        "flushing",
-        "id",
-        "last_used",
-        "lease",
-        "lease_size",
-        "leased_at",
-        "model_ok",
-        "month",
-        "name",
-        "networks",
-        "patterns",
-        "pending",
-        "permissions",
-        "quota",
-        "rate",
-        "stamp",
-        "token",
-        "used",
-        "written_use",
-    )
-
-    def __init__(self, token: Token, month: str) -> None:
-        self.token = token
-        self.id = token.id
-        self.name = token.name
-        self.active = token.status == "active"
-        self.expires_at = token.expires_at
-        self.permissions = token.permissions
-        self.networks: tuple[Network, ...] = tuple(parse_network(ip) for ip in token.ips)
-        self.patterns = token.models
-        self.model_ok: LRUCache[str, bool] = LRUCache(MAX_CACHED)
-        self.address_ok: LRUCache[str, bool] = LRUCache(MAX_CACHED)
-        self.capacity = float(token.rate_limit)
-        self.rate = token.rate_limit / 60.0
-        self.bucket = self.capacity
-        self.stamp = 0.0
-        self.quota = token.monthly_quota
-        self.month = month
-        self.used = token.used_in(month)
-        """This month's requests as the database last said, plus those written since."""
-        self.flushing = 0
-        """Requests being written right now."""
-        self.pending = 0
-        """Requests not yet written."""
-        self.last_used: float | None = token.last_used_at
-        self.written_use = self.last_used
-        """`last_used` as last written."""
-        self.lease = 0
-        """Requests of the quota taken from the database (counted in `used`), not yet served."""
-        self.lease_size = 1
-        self.leased_at: float | None = None
-
-    def count(self) -> int:
-        """This month's requests: served, being written, not written yet."""
-        return self.used + self.flushing + self.pending - self.lease
-
-    def allows_model(self, model: str) -> bool:
-        allowed = self.model_ok.get(model)
-        if allowed is None:
-            allowed = any(fnmatchcase(model, pattern) for pattern in self.patterns)
-            self.model_ok[model] = allowed
-        return allowed
-
-    def allows_address(self, address: str) -> bool:
-        allowed = self.address_ok.get(address)
-        if allowed is None:
-            allowed = contains(self.networks, address)
-            self.address_ok[address] = allowed
-        return allowed
-
-    def take(self, now: float) -> float:
-        """Take one request from the bucket: 0, or the seconds until one is available.
-
-        A token bucket holding `rate_limit` requests, refilled evenly over a minute: a burst of
-        up to the limit, then the limit per minute.
-        """
-        if now > self.stamp:
-            self.bucket = min(self.capacity, self.bucket + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.bucket >= 1.0:
-            self.bucket -= 1.0
-            return 0.0
-        return (1.0 - self.bucket) / self.rate
 
 
 class Guard:

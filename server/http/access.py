@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 
 from cachetools import LRUCache
 
-from ..auth.guard import MAX_CACHED, Guard, LeaseNeeded, UnknownToken
+from ..auth.grant import MAX_CACHED, LeaseNeeded, UnknownToken
+from ..auth.guard import Guard
 from ..auth.tokens import contains, parse_address, parse_network
 from ..errors import CinferError, InvalidRequest, Unauthorized, show
 from .asgi import STATUS_KEY, Message, Receive, Scope, Send, send_error

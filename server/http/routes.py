@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth.guard import Need
+from ..auth.grant import Need
 from .asgi import Receive, Scope, Send
 
 RequestEndpoint = Callable[[Request], Awaitable[Response]]
