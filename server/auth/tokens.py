@@ -46,6 +46,10 @@ DURATION = re.compile(r"(\d{1,6})([hdw])")
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MAX_REMARK = 1000
 MAX_LIST = 256
+MIN_TIME = float(calendar.timegm((1, 1, 1, 0, 0, 0)))
+MAX_TIME = float(calendar.timegm((9999, 12, 31, 23, 59, 59)))
+"""The instants `iso` can write, and so the range of every expiry (issue 12, finding 4)."""
+EPOCH = datetime(1970, 1, 1)
 
 
 def generate() -> tuple[str, str, bytes]:
@@ -105,11 +109,14 @@ def hash_secret(secret: str) -> bytes:
 
 
 def iso(timestamp: float | None) -> str | None:
-    """``2026-11-30T23:59:59Z``, the form every API and CLI output uses."""
-    if timestamp is None:
+    """``2026-11-30T23:59:59Z``, the form every API and CLI output uses; None for None and for
+    an instant no date names (before year 1, after year 9999, not finite: a row an older
+    version or a hand wrote, see `store._token`), so one such row cannot fail a listing."""
+    if timestamp is None or not MIN_TIME <= timestamp <= MAX_TIME:  # False for NaN too
         return None
-    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = datetime.fromtimestamp(timestamp, UTC)
+    # Not strftime: its %Y writes year 1 as "1" on glibc.
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
 
 
 def month_of(now: float) -> tuple[str, float, float]:
@@ -131,28 +138,34 @@ def parse_expiry(text: str, now: float) -> float | None:
     value = text.strip()
     if value.lower() in ("never", "none"):
         return None
+    shown = repr(text if len(text) <= 60 else text[:57] + "...")
     relative = DURATION.fullmatch(value)
     if relative:
         count, unit = int(relative.group(1)), relative.group(2)
         if count == 0:
-            raise InvalidRequest(f"expiry {text!r} is not in the future")
-        return now + count * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            moment = datetime.fromisoformat(value).replace(tzinfo=UTC)
-            moment += timedelta(days=1)
-        else:
+            raise InvalidRequest(f"expires {shown} is not in the future")
+        stamp = now + count * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+    else:
+        try:
             moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"expiry {text!r} is not a date (2027-01-31), a date and time "
-            "(2027-01-31T12:00:00Z), a duration (30d, 12h, 2w) or 'never'"
-        ) from exc
-    stamp = moment.timestamp()
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"expires {shown} is not a date (2027-01-31), a date and time "
+                "(2027-01-31T12:00:00Z), a duration (30d, 12h, 2w) or 'never'"
+            ) from exc
+        # Seconds by subtraction, not datetime arithmetic: an offset (9999-12-31T23:59:59-14:00)
+        # or the day after a date (9999-12-31) can fall outside what a datetime holds.
+        offset = moment.utcoffset() or timedelta(0)
+        stamp = (moment.replace(tzinfo=None) - EPOCH - offset).total_seconds()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            stamp += 86400  # through that day
+    # Every expiry is a moment `iso` can write: a later one would be stored and then fail
+    # every listing that shows it (issue 12, finding 4).
+    if stamp > MAX_TIME:
+        raise InvalidRequest(f"expires {shown} is beyond {iso(MAX_TIME)}, the latest expiry")
     if stamp <= now:
-        raise InvalidRequest(f"expiry {text!r} ({iso(stamp)}) is in the past")
+        when = iso(stamp) or "before 0001-01-01T00:00:00Z"
+        raise InvalidRequest(f"expires {shown} ({when}) is in the past")
     return stamp
 
 

@@ -557,7 +557,7 @@ async def test_admin_api_creates_lists_changes_and_deletes(h: Harness) -> None:
             "/admin/tokens",
             {"name": "a", "expires": "yesterday"},
             400,
-            "expiry 'yesterday' is not a date",
+            "expires 'yesterday' is not a date",
         ),
         ("POST", "/admin/tokens", {"name": "a", "expires": "2026-01-01"}, 400, "is in the past"),
         (

@@ -116,6 +116,13 @@ def test_expiry_forms() -> None:
     [
         ("2026-11-01", r"'2026-11-01' \(2026-11-02T00:00:00Z\) is in the past"),
         ("0d", "not in the future"),
+        # Beyond what a date holds: once stored, every listing answered 500 (issue 12, finding 4).
+        ("999999w", r"^expires '999999w' is beyond 9999-12-31T23:59:59Z"),
+        ("9999-12-31", r"'9999-12-31' is beyond 9999-12-31T23:59:59Z"),
+        ("9999-12-31T23:59:59-14:00", "is beyond 9999-12-31T23:59:59Z"),
+        ("0001-01-01T00:00:00+14:00", r"\(before 0001-01-01T00:00:00Z\) is in the past"),
+        ("0001-01-01T00:00:00-14:00", r"\(0001-01-01T14:00:00Z\) is in the past"),
+        ("x" * 100, "^expires 'x{57}...' is not a date"),
         ("tomorrow", "is not a date .* a duration .* or 'never'"),
         ("2027-02-30", "is not a date"),
         ("30 days", "is not a date"),
@@ -124,6 +131,19 @@ def test_expiry_forms() -> None:
 def test_bad_expiries_are_named(text: str, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         parse_expiry(text, NOW)
+
+
+def test_the_latest_expiry_is_the_last_second_of_9999() -> None:
+    assert iso(parse_expiry("9999-12-31T23:59:59Z", NOW)) == "9999-12-31T23:59:59Z"
+    assert iso(parse_expiry("9999-12-30", NOW)) == "9999-12-31T00:00:00Z"
+    assert iso(parse_expiry("9999-12-31T23:59:59+01:00", NOW)) == "9999-12-31T22:59:59Z"
+
+
+@pytest.mark.parametrize("stamp", [606_595_677_039.0, -1e300, float("inf"), float("nan")])
+def test_iso_shows_an_instant_no_date_names_as_none(stamp: float) -> None:
+    assert iso(stamp) is None
+    token = Token(id="0123456789ab", name="n", secret_hash=b"", created_at=NOW, expires_at=stamp)
+    assert token.public(NOW)["expires_at"] is None
 
 
 def test_months_are_utc_calendar_months() -> None:
