@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, show
 
 Clock = Callable[[], float]
 """Seconds since the epoch, `time.time`; injected so expiry, rates and months are testable."""
@@ -40,9 +40,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PREFIX = "cinfer_"
 TOKEN = re.compile(r"cinfer_([0-9a-f]{12})_([0-9A-Za-z]{43})")
 ID = re.compile(r"[0-9a-f]{12}")
-NAME = re.compile(r"\w[\w.\-]{0,63}")
+# ASCII only, like model patterns: a Cyrillic a (U+0430) made a look-alike "admin" beside
+# "admin", and \w took Arabic-Indic digits and Roman numerals (issue 12, finding 11).
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 GLOB = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,128}")
-DURATION = re.compile(r"(\d{1,6})([hdw])")
+DURATION = re.compile(r"([0-9]{1,6})([hdw])")
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MAX_REMARK = 1000
 MAX_LIST = 256
@@ -157,7 +159,7 @@ def parse_expiry(text: str, now: float) -> float | None:
         # or the day after a date (9999-12-31) can fall outside what a datetime holds.
         offset = moment.utcoffset() or timedelta(0)
         stamp = (moment.replace(tzinfo=None) - EPOCH - offset).total_seconds()
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
             stamp += 86400  # through that day
     # Every expiry is a moment `iso` can write: a later one would be stored and then fail
     # every listing that shows it (issue 12, finding 4).
@@ -213,11 +215,11 @@ def contains(networks: Iterable[Network], address: str) -> bool:
 
 
 def _name(value: str) -> str:
-    value = unicodedata.normalize("NFC", value.strip())
+    value = value.strip()
     if not NAME.fullmatch(value):
         raise ValueError(
-            f"token name {value!r} must be 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            f"token name {value!r} must be 1-64 ASCII letters, digits, '_', '.' or '-', "
+            "starting with a letter, digit or '_'"
         )
     if ID.fullmatch(value):
         raise ValueError(f"token name {value!r} looks like a token id; pick another name")
@@ -238,7 +240,7 @@ def _globs(values: list[str]) -> list[str]:
         value = value.strip()
         if not GLOB.fullmatch(value):
             raise ValueError(
-                f"model pattern {value!r} must be a model name or a glob of "
+                f"model pattern {value!r} must be a model name or a glob of ASCII "
                 "letters, digits, '_.-' and '*?[]!' (1-128 characters)"
             )
         if value not in out:
@@ -269,10 +271,15 @@ Permissions = Annotated[list[Permission], AfterValidator(_permissions)]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
+# Strict: every field has its JSON type, so "10" or true is no rate limit and 1 no name (issue
+# 12, finding 11). The CLI converts its arguments first (click's type=int, comma lists).
+STRICT = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
 class TokenSpec(BaseModel):
     """What `cinfer tokens create` and ``POST /admin/tokens`` take."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = STRICT
 
     name: Name
     remark: Remark = ""
@@ -293,7 +300,7 @@ class TokenSpec(BaseModel):
 class TokenPatch(BaseModel):
     """What ``PATCH /admin/tokens/{ref}`` and `cinfer tokens update` change; absent: kept."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = STRICT
 
     name: Name | None = None
     remark: Remark | None = None
@@ -321,6 +328,10 @@ def describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
+        elif error["type"] not in ("value_error", "missing") and isinstance(
+            error["input"], str | int | float | None
+        ):
+            message += f", not {show(error['input'])}"  # value errors name it themselves
         problems.append(f"{where}: {message}")
     return "; ".join(problems)
 

@@ -160,12 +160,12 @@ def test_months_are_utc_calendar_months() -> None:
 
 def test_spec_normalises_lists() -> None:
     spec = TokenSpec(
-        name="café-ünï.1",
+        name=" web_frontend-1.2 ",
         scopes=["admin", "infer", "admin"],
         models=[" resnet* ", "resnet*", "iris"],
         ips=["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1", "10.1.2.3/32"],
     )
-    assert spec.name == "café-ünï.1"
+    assert spec.name == "web_frontend-1.2"
     assert spec.permissions == ["infer", "admin"]
     assert spec.models == ["resnet*", "iris"]
     assert spec.ips == ["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1"]
@@ -174,7 +174,10 @@ def test_spec_normalises_lists() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"name": "Robert'); DROP TABLE tokens;--"}, "name: token name .* must be 1-64 letters"),
+        (
+            {"name": "Robert'); DROP TABLE tokens;--"},
+            "name: token name .* must be 1-64 ASCII letters",
+        ),
         ({"name": ""}, "name: token name '' must be"),
         ({"name": "x" * 65}, "must be 1-64"),
         ({"name": "0123456789ab"}, "looks like a token id"),
@@ -203,6 +206,61 @@ def test_spec_normalises_lists() -> None:
 def test_invalid_specs_name_field_and_value(data: dict, message: str) -> None:
     with pytest.raises(InvalidRequest, match=f"invalid token: .*{message}"):
         validate(TokenSpec, data, "token")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0430dmin",  # Cyrillic a: it sat beside "admin"
+        "\u0663\u0663\u0663\u0663",  # Arabic-Indic digits, which \\w took
+        "\u216b",  # Roman numeral twelve
+        "\u212aelvin",  # Kelvin sign, which NFC would have made a plain K
+        "café",
+        "東京",
+        "admin\u200b",  # zero-width space
+        "\uff41\uff44\uff4d\uff49\uff4e",  # full-width "admin"
+    ],
+)
+def test_names_are_ascii(name: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"^invalid token: name: token name .* 1-64 ASCII"):
+        validate(TokenSpec, {"name": name}, "token")
+    with pytest.raises(InvalidRequest, match=r"^invalid change: name: token name"):
+        validate(TokenPatch, {"name": name}, "change")
+
+
+@pytest.mark.parametrize("pattern", ["\u0430dmin*", "\uff49\uff52\uff49\uff53", "\u0663"])
+def test_model_patterns_are_ascii(pattern: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"models: model pattern .* glob of ASCII"):
+        validate(TokenSpec, {"name": "a", "models": [pattern]}, "token")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"rate_limit": "10"}, 'rate_limit: Input should be a valid integer, not "10"'),
+        ({"rate_limit": True}, "rate_limit: Input should be a valid integer, not true"),
+        ({"rate_limit": 10.0}, "rate_limit: Input should be a valid integer, not 10.0"),
+        ({"monthly_quota": "5"}, 'monthly_quota: Input should be a valid integer, not "5"'),
+        ({"monthly_quota": False}, "monthly_quota: Input should be a valid integer, not false"),
+        ({"scopes": "admin"}, 'scopes: Input should be a valid list, not "admin"'),
+        ({"scopes": [True]}, "scopes.0: Input should be 'infer', 'read' or 'admin', not true"),
+        ({"models": "iris"}, "models: Input should be a valid list"),
+        ({"models": [1]}, "models.0: Input should be a valid string, not 1"),
+        ({"ips": [10]}, "ips.0: Input should be a valid string, not 10"),
+        ({"ips": {"10.0.0.0/8": 1}}, "ips: Input should be a valid list"),
+        ({"remark": 5}, "remark: Input should be a valid string, not 5"),
+        ({"expires": 30}, "expires: Input should be a valid string, not 30"),
+        ({"name": 5}, "name: Input should be a valid string, not 5"),
+        ({"name": ["a"]}, "name: Input should be a valid string"),
+    ],
+)
+def test_every_field_has_its_json_type(data: dict, message: str) -> None:
+    for model, what in ((TokenSpec, "token"), (TokenPatch, "change")):
+        with pytest.raises(InvalidRequest) as refused:
+            validate(model, {"name": "a", **data}, what)
+        assert message in str(refused.value)
+    with pytest.raises(InvalidRequest, match=r"status: Input should be 'active'.*, not true"):
+        validate(TokenPatch, {"status": True}, "change")
 
 
 def test_remarks_keep_any_printable_text() -> None:

@@ -136,3 +136,43 @@ def test_a_row_an_older_version_wrote_still_lists_shows_and_deletes(
         assert cli(env, *command).returncode == 0
     remaining = [t["name"] for t in orjson.loads(cli(env, "list", "--json").stdout)]
     assert remaining == ["admin", "ancient", "soon"]
+
+
+#: Bodies POST /admin/tokens used to take (issue 12, finding 11): each is a 400 naming the field.
+LOOSE = [
+    ({"name": "\u0430dmin"}, "name: token name '\u0430dmin' must be 1-64 ASCII"),
+    ({"name": "\u0663\u0663\u0663\u0663"}, "name: token name"),
+    ({"name": "\u216b"}, "name: token name"),
+    ({"name": "ok", "models": ["\u0430dmin*"]}, "models: model pattern"),
+    ({"name": "ok", "rate_limit": "10"}, 'rate_limit: Input should be a valid integer, not "10"'),
+    ({"name": "ok", "rate_limit": True}, "rate_limit: Input should be a valid integer, not true"),
+    ({"name": "ok", "monthly_quota": "5"}, "monthly_quota: Input should be a valid integer"),
+    ({"name": "ok", "monthly_quota": 5.0}, "monthly_quota: Input should be a valid integer"),
+    ({"name": "ok", "scopes": "admin"}, "scopes: Input should be a valid list"),
+    ({"name": "ok", "scopes": [True]}, "scopes.0: Input should be 'infer', 'read' or 'admin'"),
+    ({"name": "ok", "models": "iris"}, "models: Input should be a valid list"),
+    ({"name": "ok", "ips": [167772161]}, "ips.0: Input should be a valid string"),
+    ({"name": "ok", "remark": 7}, "remark: Input should be a valid string"),
+    ({"name": "ok", "expires": 30}, "expires: Input should be a valid string"),
+    ({"name": 5}, "name: Input should be a valid string"),
+]
+
+
+def test_names_are_ascii_and_fields_have_their_json_types(repo: Path, env: dict[str, str]) -> None:
+    admin = {"Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin')}"}
+    # The CLI converts its arguments before the strict check.
+    create(env, "--name", "limited", "--rate-limit", "10", "--monthly-quota", "100")
+    with live_server(repo, env=env) as (url, _):
+        before = httpx.get(f"{url}/admin/tokens/limited", headers=admin).json()
+        for body, message in LOOSE:
+            response = httpx.post(f"{url}/admin/tokens", json=body, headers=admin)
+            assert response.status_code == 400, (body, response.text)
+            assert message in response.json()["error"], (body, response.text)
+            change = {key: value for key, value in body.items() if key != "name" or len(body) == 1}
+            response = httpx.patch(f"{url}/admin/tokens/limited", json=change, headers=admin)
+            assert response.status_code == 400, (change, response.text)
+            assert message.split(":")[0] in response.json()["error"], (change, response.text)
+        # Nothing stored, nothing changed.
+        assert names(url, admin) == ["admin", "limited"]
+        shown = httpx.get(f"{url}/admin/tokens/limited", headers=admin).json()
+        assert shown == before and (shown["rate_limit"], shown["monthly_quota"]) == (10, 100)
