@@ -25,7 +25,9 @@ from .model_config import ModelConfig
 
 log = logging.getLogger("cinfer")
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# ASCII, and at most 255 characters: a longer name is no folder name on Linux (NAME_MAX), and
+# asking for one used to fail with OSError 36 and a 500 (issue 12, finding 4).
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 MANIFEST = "model.toml"
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
@@ -44,8 +46,8 @@ class ModelSource:
 
 
 def is_model_name(name: str) -> bool:
-    """A name the repository serves: [A-Za-z0-9_.-]+, not hidden (so not "." or "..")."""
-    return bool(MODEL_NAME.match(name)) and not name.startswith(".")
+    """A name the repository serves: 1-255 of [A-Za-z0-9_.-], not hidden (so not "." or "..")."""
+    return bool(MODEL_NAME.fullmatch(name)) and not name.startswith(".")
 
 
 def list_models(root: Path) -> list[str]:
@@ -60,7 +62,7 @@ def list_models(root: Path) -> list[str]:
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        if not MODEL_NAME.match(entry.name):
+        if not MODEL_NAME.fullmatch(entry.name):
             log.warning("ignoring folder %s: model names are [A-Za-z0-9_.-]+", entry)
             continue
         names.append(entry.name)
@@ -69,7 +71,7 @@ def list_models(root: Path) -> list[str]:
 
 def read_model(root: Path, name: str) -> ModelSource:
     """Read `root/name/model.toml` and select its versions; raises ConfigError naming the file."""
-    if not MODEL_NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise ConfigError(f"invalid model name {name!r}: model names are [A-Za-z0-9_.-]+")
     folder = root / name
     if not folder.is_dir():

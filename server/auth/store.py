@@ -23,12 +23,24 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import aiosqlite
 
 from ..errors import Conflict, DatabaseError, NotFound
-from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
+from .tokens import (
+    ID,
+    PERMISSIONS,
+    Clock,
+    Status,
+    Token,
+    TokenPatch,
+    TokenSpec,
+    canonical_network,
+    generate,
+    iso,
+    parse_expiry,
+)
 
 log = logging.getLogger("cinfer")
 
@@ -568,20 +580,113 @@ def _row(token: Token) -> tuple[Any, ...]:
 
 
 def _token(row: Sequence[Any]) -> Token:
-    return Token(
-        id=row[0],
-        name=row[1],
-        secret_hash=bytes(row[2]),
-        remark=row[3],
-        created_at=row[4],
-        expires_at=row[5],
-        status=row[6],
-        permissions=frozenset(json.loads(row[7])),
-        models=tuple(json.loads(row[8])),
-        ips=tuple(json.loads(row[9])),
-        rate_limit=row[10],
-        monthly_quota=row[11],
-        usage_month=row[12],
-        used=row[13],
-        last_used_at=row[14],
+    """A row as a Token, whatever it holds.
+
+    A value this version cannot use (written by an older one, or by hand in SQLite) is logged
+    and replaced, and the token then grants nothing (no scopes) until it is fixed, so that one
+    row never fails a listing, show, revoke or delete, nor widens what a token may do. An
+    expiry beyond what a date can show still holds, and is shown as null (issue 12, finding 4).
+    """
+    token_id = str(row[0])
+    problems: list[str] = []
+
+    def read(index: int, convert: Callable[[Any], T], default: T) -> T:
+        try:
+            return convert(row[index])
+        except (TypeError, ValueError, OverflowError):  # json.JSONDecodeError is a ValueError
+            # Never the value of secret_sha256: it is derived from the secret.
+            shown = "(not a 32-byte BLOB)" if index == 2 else repr(row[index])[:80]
+            problems.append(f"{_COLUMNS.split(', ')[index]} {shown}")
+            return default
+
+    token = Token(
+        id=token_id,
+        name=read(1, _text, token_id),
+        secret_hash=read(2, _digest, b""),
+        remark=read(3, _text, ""),
+        created_at=read(4, _moment, 0.0),
+        expires_at=read(5, _optional_moment, None),
+        status=read(6, _status, "paused"),
+        permissions=read(7, _permissions, frozenset()),
+        models=read(8, _globs, ()),
+        ips=read(9, _networks, ()),
+        rate_limit=read(10, _count, 0),
+        monthly_quota=read(11, _count, 0),
+        usage_month=read(12, _text, ""),
+        used=read(13, _count, 0),
+        last_used_at=read(14, _optional_moment, None),
     )
+    if problems:
+        token.permissions = frozenset()
+        log.warning(
+            "token %s in the token database: cannot use %s; it grants nothing until fixed "
+            "(cinfer tokens update, or delete it)",
+            token_id,
+            ", ".join(problems),
+        )
+    for column, value in (("created_at", token.created_at), ("expires_at", token.expires_at)):
+        if value is not None and iso(value) is None:
+            log.warning(
+                "token %s in the token database: %s %r is not a date between 0001 and 9999; "
+                "shown as null",
+                token_id,
+                column,
+                value,
+            )
+    return token
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _digest(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise TypeError("secret_sha256")
+    return value
+
+
+def _moment(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise TypeError(value)
+    return float(value)
+
+
+def _optional_moment(value: Any) -> float | None:
+    return None if value is None else _moment(value)
+
+
+def _status(value: Any) -> Status:
+    if value not in ("active", "paused", "revoked"):
+        raise ValueError(value)
+    return cast("Status", value)
+
+
+def _strings(value: Any) -> list[str]:
+    items = json.loads(_text(value))
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise TypeError(value)
+    return items
+
+
+def _permissions(value: Any) -> frozenset[str]:
+    found = frozenset(_strings(value))
+    if not found <= set(PERMISSIONS):
+        raise ValueError(value)
+    return found
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    return tuple(_strings(value))
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    return tuple(canonical_network(item) for item in _strings(value))
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(value)
+    return value

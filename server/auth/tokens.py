@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, show
 
 Clock = Callable[[], float]
 """Seconds since the epoch, `time.time`; injected so expiry, rates and months are testable."""
@@ -40,12 +40,18 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PREFIX = "cinfer_"
 TOKEN = re.compile(r"cinfer_([0-9a-f]{12})_([0-9A-Za-z]{43})")
 ID = re.compile(r"[0-9a-f]{12}")
-NAME = re.compile(r"\w[\w.\-]{0,63}")
+# ASCII only, like model patterns: a Cyrillic a (U+0430) made a look-alike "admin" beside
+# "admin", and \w took Arabic-Indic digits and Roman numerals (issue 12, finding 11).
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 GLOB = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,128}")
-DURATION = re.compile(r"(\d{1,6})([hdw])")
+DURATION = re.compile(r"([0-9]{1,6})([hdw])")
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MAX_REMARK = 1000
 MAX_LIST = 256
+MIN_TIME = float(calendar.timegm((1, 1, 1, 0, 0, 0)))
+MAX_TIME = float(calendar.timegm((9999, 12, 31, 23, 59, 59)))
+"""The instants `iso` can write, and so the range of every expiry (issue 12, finding 4)."""
+EPOCH = datetime(1970, 1, 1)
 
 
 def generate() -> tuple[str, str, bytes]:
@@ -105,11 +111,14 @@ def hash_secret(secret: str) -> bytes:
 
 
 def iso(timestamp: float | None) -> str | None:
-    """``2026-11-30T23:59:59Z``, the form every API and CLI output uses."""
-    if timestamp is None:
+    """``2026-11-30T23:59:59Z``, the form every API and CLI output uses; None for None and for
+    an instant no date names (before year 1, after year 9999, not finite: a row an older
+    version or a hand wrote, see `store._token`), so one such row cannot fail a listing."""
+    if timestamp is None or not MIN_TIME <= timestamp <= MAX_TIME:  # False for NaN too
         return None
-    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = datetime.fromtimestamp(timestamp, UTC)
+    # Not strftime: its %Y writes year 1 as "1" on glibc.
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
 
 
 def month_of(now: float) -> tuple[str, float, float]:
@@ -131,28 +140,34 @@ def parse_expiry(text: str, now: float) -> float | None:
     value = text.strip()
     if value.lower() in ("never", "none"):
         return None
+    shown = repr(text if len(text) <= 60 else text[:57] + "...")
     relative = DURATION.fullmatch(value)
     if relative:
         count, unit = int(relative.group(1)), relative.group(2)
         if count == 0:
-            raise InvalidRequest(f"expiry {text!r} is not in the future")
-        return now + count * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            moment = datetime.fromisoformat(value).replace(tzinfo=UTC)
-            moment += timedelta(days=1)
-        else:
+            raise InvalidRequest(f"expires {shown} is not in the future")
+        stamp = now + count * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+    else:
+        try:
             moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"expiry {text!r} is not a date (2027-01-31), a date and time "
-            "(2027-01-31T12:00:00Z), a duration (30d, 12h, 2w) or 'never'"
-        ) from exc
-    stamp = moment.timestamp()
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"expires {shown} is not a date (2027-01-31), a date and time "
+                "(2027-01-31T12:00:00Z), a duration (30d, 12h, 2w) or 'never'"
+            ) from exc
+        # Seconds by subtraction, not datetime arithmetic: an offset (9999-12-31T23:59:59-14:00)
+        # or the day after a date (9999-12-31) can fall outside what a datetime holds.
+        offset = moment.utcoffset() or timedelta(0)
+        stamp = (moment.replace(tzinfo=None) - EPOCH - offset).total_seconds()
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            stamp += 86400  # through that day
+    # Every expiry is a moment `iso` can write: a later one would be stored and then fail
+    # every listing that shows it (issue 12, finding 4).
+    if stamp > MAX_TIME:
+        raise InvalidRequest(f"expires {shown} is beyond {iso(MAX_TIME)}, the latest expiry")
     if stamp <= now:
-        raise InvalidRequest(f"expiry {text!r} ({iso(stamp)}) is in the past")
+        when = iso(stamp) or "before 0001-01-01T00:00:00Z"
+        raise InvalidRequest(f"expires {shown} ({when}) is in the past")
     return stamp
 
 
@@ -200,11 +215,11 @@ def contains(networks: Iterable[Network], address: str) -> bool:
 
 
 def _name(value: str) -> str:
-    value = unicodedata.normalize("NFC", value.strip())
+    value = value.strip()
     if not NAME.fullmatch(value):
         raise ValueError(
-            f"token name {value!r} must be 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            f"token name {value!r} must be 1-64 ASCII letters, digits, '_', '.' or '-', "
+            "starting with a letter, digit or '_'"
         )
     if ID.fullmatch(value):
         raise ValueError(f"token name {value!r} looks like a token id; pick another name")
@@ -225,7 +240,7 @@ def _globs(values: list[str]) -> list[str]:
         value = value.strip()
         if not GLOB.fullmatch(value):
             raise ValueError(
-                f"model pattern {value!r} must be a model name or a glob of "
+                f"model pattern {value!r} must be a model name or a glob of ASCII "
                 "letters, digits, '_.-' and '*?[]!' (1-128 characters)"
             )
         if value not in out:
@@ -256,10 +271,15 @@ Permissions = Annotated[list[Permission], AfterValidator(_permissions)]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
+# Strict: every field has its JSON type, so "10" or true is no rate limit and 1 no name (issue
+# 12, finding 11). The CLI converts its arguments first (click's type=int, comma lists).
+STRICT = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
 class TokenSpec(BaseModel):
     """What `cinfer tokens create` and ``POST /admin/tokens`` take."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = STRICT
 
     name: Name
     remark: Remark = ""
@@ -280,7 +300,7 @@ class TokenSpec(BaseModel):
 class TokenPatch(BaseModel):
     """What ``PATCH /admin/tokens/{ref}`` and `cinfer tokens update` change; absent: kept."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = STRICT
 
     name: Name | None = None
     remark: Remark | None = None
@@ -308,6 +328,10 @@ def describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
+        elif error["type"] not in ("value_error", "missing") and isinstance(
+            error["input"], str | int | float | None
+        ):
+            message += f", not {show(error['input'])}"  # value errors name it themselves
         problems.append(f"{where}: {message}")
     return "; ".join(problems)
 

@@ -16,6 +16,8 @@ from ..settings import Settings, load
 
 DEFAULT_CONFIG = Path("config.toml")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+PARAMETER_LOGGERS = ("aiosqlite",)
+"""Database drivers that log statements with their parameters at DEBUG: kept at INFO."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,3 +63,7 @@ def configure_logging(level: str) -> None:
     logging.getLogger("watchfiles").setLevel(
         max(logging.WARNING, logging.getLevelName(level.upper()))
     )
+    # Nothing derived from a secret is ever logged: at DEBUG these echo every statement with
+    # its parameters (a new token's secret hash in its INSERT) or results (issue 12, finding 10).
+    for name in PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

@@ -264,7 +264,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def width(text: str) -> int:
     """Columns `text` takes in a terminal: CJK characters take two, combining marks none
-    (names may be any letters, and len() would misalign them)."""
+    (names are ASCII now, but an older version took any letters, and len() would misalign
+    them)."""
     return sum(
         0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
         for c in text

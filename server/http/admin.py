@@ -170,13 +170,22 @@ async def _body(request: Request) -> Any:
 
 
 def _day(text: str, name: str) -> float:
+    """The UTC midnight starting the day `text` (``2026-11-30``) names; years 0001 to 9999,
+    what a date holds (year 0 used to reach calendar.timegm and answer 500: issue 12,
+    finding 4)."""
     found = DAY.fullmatch(text)
     try:
         if found is None:
             raise ValueError
         year, month, day = (int(g) for g in found.groups())
-        if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
+        if not (
+            1 <= year <= 9999
+            and 1 <= month <= 12
+            and 1 <= day <= calendar.monthrange(year, month)[1]
+        ):
             raise ValueError
     except ValueError as exc:
-        raise InvalidRequest(f"{name}={show(text)} is not a date like 2026-11-30") from exc
+        raise InvalidRequest(
+            f"{name}={show(text)} is not a date like 2026-11-30 (years 0001 to 9999)"
+        ) from exc
     return float(calendar.timegm((year, month, day, 0, 0, 0)))

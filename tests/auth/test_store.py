@@ -93,6 +93,51 @@ async def test_names_are_unique(path: Path) -> None:
             await db.extend("a", "2020-01-01")
 
 
+async def test_an_expiry_out_of_range_is_refused_before_anything_is_stored(path: Path) -> None:
+    async with Database(path, clock=clock) as db:
+        await db.create(TokenSpec(name="a", expires="30d"))
+        for expires in ["999999w", "9999-12-31", "9999-12-31T23:59:59-14:00"]:
+            with pytest.raises(InvalidRequest, match=f"expires '{expires}' is beyond"):
+                await db.create(TokenSpec(name="late", expires=expires))
+            with pytest.raises(InvalidRequest, match=f"expires '{expires}' is beyond"):
+                await db.update("a", TokenPatch(status="paused", expires=expires))
+        [token] = await db.tokens()
+        assert (token.name, token.status, token.expires_at) == ("a", "active", NOW + 30 * 86400)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "logged"),
+    [
+        ("scopes", "infer", "scopes 'infer'"),
+        ("scopes", '["infer", "root"]', "scopes"),
+        ("models", "[1, 2]", "models '[1, 2]'"),
+        ("ips", '["10.0.0.1/8"]', "ips"),
+        ("rate_limit", "ten", "rate_limit 'ten'"),
+        ("monthly_quota", -1, "monthly_quota -1"),
+        ("expires_at", "soon", "expires_at 'soon'"),
+        ("secret_sha256", "text", "secret_sha256 (not a 32-byte BLOB)"),
+    ],
+)
+async def test_a_row_this_version_cannot_use_lists_and_grants_nothing(
+    path: Path, column: str, value: object, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Database(path, clock=clock) as db:
+        await db.create(TokenSpec(name="good"))
+        token, _ = await db.create(TokenSpec(name="odd", scopes=["infer", "admin"]))
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE tokens SET {column} = ? WHERE name = 'odd'", (value,))
+    async with Database(path, clock=clock) as db:
+        good, odd = await db.tokens()
+        assert good.permissions == frozenset({"infer"})
+        assert odd.id == token.id and odd.permissions == frozenset()
+        assert odd.public(NOW)["scopes"] == []
+        assert f"token {token.id} in the token database: cannot use {logged}" in caplog.text
+        assert (await db.find("odd")).permissions == frozenset()
+        assert (await db.set_status("odd", "revoked")).status == "revoked"
+        await db.delete("odd")
+        assert [t.name for t in await db.tokens()] == ["good"]
+
+
 async def test_usage_is_added_as_deltas_so_two_writers_never_overwrite_each_other(
     path: Path,
 ) -> None:

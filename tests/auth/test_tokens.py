@@ -116,6 +116,13 @@ def test_expiry_forms() -> None:
     [
         ("2026-11-01", r"'2026-11-01' \(2026-11-02T00:00:00Z\) is in the past"),
         ("0d", "not in the future"),
+        # Beyond what a date holds: once stored, every listing answered 500 (issue 12, finding 4).
+        ("999999w", r"^expires '999999w' is beyond 9999-12-31T23:59:59Z"),
+        ("9999-12-31", r"'9999-12-31' is beyond 9999-12-31T23:59:59Z"),
+        ("9999-12-31T23:59:59-14:00", "is beyond 9999-12-31T23:59:59Z"),
+        ("0001-01-01T00:00:00+14:00", r"\(before 0001-01-01T00:00:00Z\) is in the past"),
+        ("0001-01-01T00:00:00-14:00", r"\(0001-01-01T14:00:00Z\) is in the past"),
+        ("x" * 100, "^expires 'x{57}...' is not a date"),
         ("tomorrow", "is not a date .* a duration .* or 'never'"),
         ("2027-02-30", "is not a date"),
         ("30 days", "is not a date"),
@@ -124,6 +131,19 @@ def test_expiry_forms() -> None:
 def test_bad_expiries_are_named(text: str, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         parse_expiry(text, NOW)
+
+
+def test_the_latest_expiry_is_the_last_second_of_9999() -> None:
+    assert iso(parse_expiry("9999-12-31T23:59:59Z", NOW)) == "9999-12-31T23:59:59Z"
+    assert iso(parse_expiry("9999-12-30", NOW)) == "9999-12-31T00:00:00Z"
+    assert iso(parse_expiry("9999-12-31T23:59:59+01:00", NOW)) == "9999-12-31T22:59:59Z"
+
+
+@pytest.mark.parametrize("stamp", [606_595_677_039.0, -1e300, float("inf"), float("nan")])
+def test_iso_shows_an_instant_no_date_names_as_none(stamp: float) -> None:
+    assert iso(stamp) is None
+    token = Token(id="0123456789ab", name="n", secret_hash=b"", created_at=NOW, expires_at=stamp)
+    assert token.public(NOW)["expires_at"] is None
 
 
 def test_months_are_utc_calendar_months() -> None:
@@ -140,12 +160,12 @@ def test_months_are_utc_calendar_months() -> None:
 
 def test_spec_normalises_lists() -> None:
     spec = TokenSpec(
-        name="café-ünï.1",
+        name=" web_frontend-1.2 ",
         scopes=["admin", "infer", "admin"],
         models=[" resnet* ", "resnet*", "iris"],
         ips=["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1", "10.1.2.3/32"],
     )
-    assert spec.name == "café-ünï.1"
+    assert spec.name == "web_frontend-1.2"
     assert spec.permissions == ["infer", "admin"]
     assert spec.models == ["resnet*", "iris"]
     assert spec.ips == ["10.0.0.0/8", "10.1.2.3", "2001:db8::/32", "::1"]
@@ -154,7 +174,10 @@ def test_spec_normalises_lists() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"name": "Robert'); DROP TABLE tokens;--"}, "name: token name .* must be 1-64 letters"),
+        (
+            {"name": "Robert'); DROP TABLE tokens;--"},
+            "name: token name .* must be 1-64 ASCII letters",
+        ),
         ({"name": ""}, "name: token name '' must be"),
         ({"name": "x" * 65}, "must be 1-64"),
         ({"name": "0123456789ab"}, "looks like a token id"),
@@ -183,6 +206,61 @@ def test_spec_normalises_lists() -> None:
 def test_invalid_specs_name_field_and_value(data: dict, message: str) -> None:
     with pytest.raises(InvalidRequest, match=f"invalid token: .*{message}"):
         validate(TokenSpec, data, "token")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0430dmin",  # Cyrillic a: it sat beside "admin"
+        "\u0663\u0663\u0663\u0663",  # Arabic-Indic digits, which \\w took
+        "\u216b",  # Roman numeral twelve
+        "\u212aelvin",  # Kelvin sign, which NFC would have made a plain K
+        "café",
+        "東京",
+        "admin\u200b",  # zero-width space
+        "\uff41\uff44\uff4d\uff49\uff4e",  # full-width "admin"
+    ],
+)
+def test_names_are_ascii(name: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"^invalid token: name: token name .* 1-64 ASCII"):
+        validate(TokenSpec, {"name": name}, "token")
+    with pytest.raises(InvalidRequest, match=r"^invalid change: name: token name"):
+        validate(TokenPatch, {"name": name}, "change")
+
+
+@pytest.mark.parametrize("pattern", ["\u0430dmin*", "\uff49\uff52\uff49\uff53", "\u0663"])
+def test_model_patterns_are_ascii(pattern: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"models: model pattern .* glob of ASCII"):
+        validate(TokenSpec, {"name": "a", "models": [pattern]}, "token")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"rate_limit": "10"}, 'rate_limit: Input should be a valid integer, not "10"'),
+        ({"rate_limit": True}, "rate_limit: Input should be a valid integer, not true"),
+        ({"rate_limit": 10.0}, "rate_limit: Input should be a valid integer, not 10.0"),
+        ({"monthly_quota": "5"}, 'monthly_quota: Input should be a valid integer, not "5"'),
+        ({"monthly_quota": False}, "monthly_quota: Input should be a valid integer, not false"),
+        ({"scopes": "admin"}, 'scopes: Input should be a valid list, not "admin"'),
+        ({"scopes": [True]}, "scopes.0: Input should be 'infer', 'read' or 'admin', not true"),
+        ({"models": "iris"}, "models: Input should be a valid list"),
+        ({"models": [1]}, "models.0: Input should be a valid string, not 1"),
+        ({"ips": [10]}, "ips.0: Input should be a valid string, not 10"),
+        ({"ips": {"10.0.0.0/8": 1}}, "ips: Input should be a valid list"),
+        ({"remark": 5}, "remark: Input should be a valid string, not 5"),
+        ({"expires": 30}, "expires: Input should be a valid string, not 30"),
+        ({"name": 5}, "name: Input should be a valid string, not 5"),
+        ({"name": ["a"]}, "name: Input should be a valid string"),
+    ],
+)
+def test_every_field_has_its_json_type(data: dict, message: str) -> None:
+    for model, what in ((TokenSpec, "token"), (TokenPatch, "change")):
+        with pytest.raises(InvalidRequest) as refused:
+            validate(model, {"name": "a", **data}, what)
+        assert message in str(refused.value)
+    with pytest.raises(InvalidRequest, match=r"status: Input should be 'active'.*, not true"):
+        validate(TokenPatch, {"status": True}, "change")
 
 
 def test_remarks_keep_any_printable_text() -> None:

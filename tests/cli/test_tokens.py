@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def test_every_action_by_name_or_id(cli: CLI) -> None:
         (["create", "--name", "a", "--ips", "10.0.0.1/8"], "did you mean 10.0.0.0/8?"),
         (["create", "--name", "a", "--scope", "root"], "scopes.0: Input should be 'infer'"),
         (["create", "--name", "a", "--expires", "2001-01-01"], "is in the past"),
+        (["create", "--name", "\u0430dmin"], "name: token name '\u0430dmin' must be 1-64 ASCII"),
+        (["create", "--name", "a", "--models", "\u0441at*"], "model pattern '\u0441at*' must be"),
+        (["create", "--name", "a", "--expires", "999999w"], "expires '999999w' is beyond"),
         (["show", "nobody"], "no token with id or name 'nobody'"),
         (["extend", "nobody", "--expires", "1d"], "no token with id or name 'nobody'"),
     ],
@@ -126,7 +130,10 @@ def test_loopback_addresses() -> None:
 
 def test_list_aligns_its_columns_for_wide_names_too(cli: CLI) -> None:
     cli("create", "--name", "ci", "--models", "iris")
-    cli("create", "--name", "東京-frontend", "--scope", "read,infer", "--expires", "30d")
+    cli("create", "--name", "tokyo-frontend", "--scope", "read,infer", "--expires", "30d")
+    # Names are ASCII now (issue 12, finding 11); a wide one is from an older version.
+    with sqlite3.connect(cli.config.parent / "state" / "tokens.db") as conn:
+        conn.execute("UPDATE tokens SET name = '東京-frontend' WHERE name = 'tokyo-frontend'")
     listing, _ = cli("list")
     header, *rows = listing.splitlines()
     assert header.split() == [
