@@ -1,14 +1,13 @@
-"""The SQLite file behind API tokens: schema and migrations, token records, usage and its log.
+"""The SQLite file behind API tokens: token records, usage and its log, quota leases.
 
 One file (``[auth] database``, default ``data/cinfer.db``) is shared by the server and the
 `cinfer tokens` CLI, possibly at the same moment: WAL mode lets readers proceed beside one
 writer, and the busy timeout makes a second writer wait rather than fail. The server learns of
 another process's changes from ``PRAGMA data_version`` (auth/guard.py polls it).
 
-The schema is versioned: `MIGRATIONS[n]` takes a database from version n to n + 1, applied in
-one transaction at open, so an old file is brought forward and a file from a newer server is
-refused rather than misread. sqlite3 errors become `DatabaseError` (or `Conflict` for a taken
-name) naming the file.
+The schema (auth/schema.py) is versioned and migrated in one transaction at open, so an old
+file is brought forward and a file from a newer server is refused rather than misread.
+sqlite3 errors become `DatabaseError` (or `Conflict` for a taken name) naming the file.
 """
 
 from __future__ import annotations
@@ -16,31 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
 from ..errors import Conflict, DatabaseError, NotFound
-from .tokens import (
-    ID,
-    PERMISSIONS,
-    Clock,
-    Status,
-    Token,
-    TokenPatch,
-    TokenSpec,
-    canonical_network,
-    generate,
-    iso,
-    parse_expiry,
-)
+from .schema import COLUMNS, MIGRATIONS, row_token, token_row
+from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
 
 log = logging.getLogger("cinfer")
 
@@ -60,56 +47,6 @@ def _insert_log(rows: int) -> str:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-MIGRATIONS: list[list[str]] = [
-    # 1 (issue 5): tokens and the per-request usage log.
-    [
-        """CREATE TABLE tokens (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            secret_sha256 BLOB NOT NULL,
-            remark TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL,
-            expires_at REAL,
-            status TEXT NOT NULL CHECK (status IN ('active', 'paused', 'revoked')),
-            scopes TEXT NOT NULL,
-            models TEXT NOT NULL,
-            ips TEXT NOT NULL,
-            rate_limit INTEGER NOT NULL DEFAULT 0,
-            monthly_quota INTEGER NOT NULL DEFAULT 0,
-            usage_month TEXT NOT NULL DEFAULT '',
-            used INTEGER NOT NULL DEFAULT 0,
-            last_used_at REAL
-        )""",
-        """CREATE TABLE usage_log (
-            id INTEGER PRIMARY KEY,
-            time REAL NOT NULL,
-            token_id TEXT,
-            model TEXT,
-            version TEXT,
-            status INTEGER NOT NULL,
-            latency_ms REAL NOT NULL,
-            client TEXT NOT NULL
-        )""",
-        "CREATE INDEX usage_log_time ON usage_log (time)",
-    ],
-    # 2 (issue 12): rate buckets kept across a clean restart, and requests refused without
-    # a token counted per minute, address and status instead of a log row each.
-    [
-        """CREATE TABLE rate_buckets (
-            token_id TEXT PRIMARY KEY,
-            level REAL NOT NULL,
-            stamp REAL NOT NULL
-        )""",
-        """CREATE TABLE refusals (
-            minute INTEGER NOT NULL,
-            client TEXT NOT NULL,
-            status INTEGER NOT NULL,
-            requests INTEGER NOT NULL,
-            PRIMARY KEY (minute, client, status)
-        ) WITHOUT ROWID""",
-    ],
-]
-
 STOPPED = "*stopped*"
 """The `rate_buckets` row a clean stop writes beside the buckets (its stamp: when)."""
 RUNNING = "*running*"
@@ -128,12 +65,6 @@ Bucket = tuple[float, float]
 
 class NameTaken(Conflict):
     """The UNIQUE constraint on tokens.name, before the caller names the name."""
-
-
-_COLUMNS = (
-    "id, name, secret_sha256, remark, created_at, expires_at, status, scopes, models, ips, "
-    "rate_limit, monthly_quota, usage_month, used, last_used_at"
-)
 
 
 def _uncancellable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Awaitable[T]]:
@@ -223,21 +154,21 @@ class Database:
     async def tokens(self) -> list[Token]:
         with self._translate():
             rows = await self.conn.execute_fetchall(
-                f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at, rowid"
+                f"SELECT {COLUMNS} FROM tokens ORDER BY created_at, rowid"
             )
-        return [_token(row) for row in rows]
+        return [row_token(row) for row in rows]
 
     async def find(self, ref: str) -> Token:
         """The token whose id or name is `ref`."""
         with self._translate():
             rows = list(
                 await self.conn.execute_fetchall(
-                    f"SELECT {_COLUMNS} FROM tokens WHERE id = ? OR name = ?", (ref, ref)
+                    f"SELECT {COLUMNS} FROM tokens WHERE id = ? OR name = ?", (ref, ref)
                 )
             )
         if not rows:
             raise NotFound(f"no token with id or name {ref!r}")
-        return _token(rows[0])
+        return row_token(rows[0])
 
     @_uncancellable
     async def create(self, spec: TokenSpec) -> tuple[Token, str]:
@@ -262,7 +193,8 @@ class Database:
         with _name_taken(token.name):
             async with self._transaction() as conn:
                 await conn.execute(
-                    f"INSERT INTO tokens ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", _row(token)
+                    f"INSERT INTO tokens ({COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                    token_row(token),
                 )
         return token, plaintext
 
@@ -303,7 +235,7 @@ class Database:
                 token.remark,
                 token.expires_at,
                 token.status,
-                *_row(token)[7:10],
+                *token_row(token)[7:10],
                 token.rate_limit,
                 token.monthly_quota,
                 token.id,
@@ -557,136 +489,3 @@ def _name_taken(name: str) -> Iterator[None]:
         yield
     except NameTaken as exc:
         raise Conflict(f"a token named {name!r} already exists") from exc
-
-
-def _row(token: Token) -> tuple[Any, ...]:
-    return (
-        token.id,
-        token.name,
-        token.secret_hash,
-        token.remark,
-        token.created_at,
-        token.expires_at,
-        token.status,
-        json.dumps(sorted(token.permissions)),
-        json.dumps(list(token.models)),
-        json.dumps(list(token.ips)),
-        token.rate_limit,
-        token.monthly_quota,
-        token.usage_month,
-        token.used,
-        token.last_used_at,
-    )
-
-
-def _token(row: Sequence[Any]) -> Token:
-    """A row as a Token, whatever it holds.
-
-    A value this version cannot use (written by an older one, or by hand in SQLite) is logged
-    and replaced, and the token then grants nothing (no scopes) until it is fixed, so that one
-    row never fails a listing, show, revoke or delete, nor widens what a token may do. An
-    expiry beyond what a date can show still holds, and is shown as null (issue 12, finding 4).
-    """
-    token_id = str(row[0])
-    problems: list[str] = []
-
-    def read(index: int, convert: Callable[[Any], T], default: T) -> T:
-        try:
-            return convert(row[index])
-        except (TypeError, ValueError, OverflowError):  # json.JSONDecodeError is a ValueError
-            # Never the value of secret_sha256: it is derived from the secret.
-            shown = "(not a 32-byte BLOB)" if index == 2 else repr(row[index])[:80]
-            problems.append(f"{_COLUMNS.split(', ')[index]} {shown}")
-            return default
-
-    token = Token(
-        id=token_id,
-        name=read(1, _text, token_id),
-        secret_hash=read(2, _digest, b""),
-        remark=read(3, _text, ""),
-        created_at=read(4, _moment, 0.0),
-        expires_at=read(5, _optional_moment, None),
-        status=read(6, _status, "paused"),
-        permissions=read(7, _permissions, frozenset()),
-        models=read(8, _globs, ()),
-        ips=read(9, _networks, ()),
-        rate_limit=read(10, _count, 0),
-        monthly_quota=read(11, _count, 0),
-        usage_month=read(12, _text, ""),
-        used=read(13, _count, 0),
-        last_used_at=read(14, _optional_moment, None),
-    )
-    if problems:
-        token.permissions = frozenset()
-        log.warning(
-            "token %s in the token database: cannot use %s; it grants nothing until fixed "
-            "(cinfer tokens update, or delete it)",
-            token_id,
-            ", ".join(problems),
-        )
-    for column, value in (("created_at", token.created_at), ("expires_at", token.expires_at)):
-        if value is not None and iso(value) is None:
-            log.warning(
-                "token %s in the token database: %s %r is not a date between 0001 and 9999; "
-                "shown as null",
-                token_id,
-                column,
-                value,
-            )
-    return token
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(value)
-    return value
-
-
-def _digest(value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise TypeError("secret_sha256")
-    return value
-
-
-def _moment(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise TypeError(value)
-    return float(value)
-
-
-def _optional_moment(value: Any) -> float | None:
-    return None if value is None else _moment(value)
-
-
-def _status(value: Any) -> Status:
-    if value not in ("active", "paused", "revoked"):
-        raise ValueError(value)
-    return cast("Status", value)
-
-
-def _strings(value: Any) -> list[str]:
-    items = json.loads(_text(value))
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise TypeError(value)
-    return items
-
-
-def _permissions(value: Any) -> frozenset[str]:
-    found = frozenset(_strings(value))
-    if not found <= set(PERMISSIONS):
-        raise ValueError(value)
-    return found
-
-
-def _globs(value: Any) -> tuple[str, ...]:
-    return tuple(_strings(value))
-
-
-def _networks(value: Any) -> tuple[str, ...]:
-    return tuple(canonical_network(item) for item in _strings(value))
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TypeError(value)
-    return value
