@@ -274,11 +274,20 @@ class DataPlane:
 
     # -- statistics -----------------------------------------------------------------------
 
-    async def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
-        """Triton's statistics extension: every loaded version, one model's, or one version
-        (built in slices that give the event loop back, see statistics.py)."""
+    async def model_statistics(
+        self,
+        name: str | None,
+        version: str | None,
+        allowed: Callable[[str], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Triton's statistics extension: every loaded version (of the models `allowed`
+        accepts), one model's, or one version (built in slices that give the event loop back,
+        see statistics.py)."""
         if name is None:
-            models = [self.reconciler.models[n] for n in sorted(self.reconciler.models)]
+            names = sorted(self.reconciler.models)
+            if allowed is not None:
+                names = [n for n in names if allowed(n)]
+            models = [self.reconciler.models[n] for n in names]
             versions = [v for m in models for _, v in sorted(m.versions.items())]
         elif version:
             versions = [self.model(name).get(version)]

@@ -41,6 +41,8 @@ class Need:
     version: str | None = None
     infer: bool = False
     """An inference: the door reports the status itself, the usage log counts it."""
+    every_model: bool = False
+    """A server-wide answer that names every model: only a token without model limits."""
 
 
 class Grant:

@@ -370,6 +370,11 @@ class Guard:
                 )
         if need.model is not None and grant.patterns and not grant.allows_model(need.model):
             raise Forbidden(f"API token {grant.name!r} may not use model {need.model!r}")
+        if need.every_model and grant.patterns:
+            raise Forbidden(
+                f"API token {grant.name!r} is limited to models {','.join(grant.patterns)}; "
+                f"{need.target} covers every model and needs a token without model limits"
+            )
         if not self._month_start <= now < self._month_end:
             self._month, self._month_start, self._month_end = month_of(now)
         if grant.month != self._month:

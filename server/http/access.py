@@ -24,7 +24,7 @@ from ..auth.grant import MAX_CACHED, LeaseNeeded, UnknownToken
 from ..auth.guard import Guard
 from ..auth.tokens import contains, parse_address, parse_network
 from ..errors import CinferError, InvalidRequest, Unauthorized, show
-from .asgi import STATUS_KEY, Message, Receive, Scope, Send, send_error
+from .asgi import GRANT_KEY, STATUS_KEY, Message, Receive, Scope, Send, send_error
 from .routes import Found
 
 Run = Callable[[Found, Scope, Receive, Send], Awaitable[None]]
@@ -132,6 +132,7 @@ class Gate:
             else:
                 await send_error(send, exc.status_code, exc.message, exc.headers)
             return
+        scope[GRANT_KEY] = grant
         if not guard.logging:
             await run(found, scope, receive, send)
             return

@@ -28,9 +28,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..auth import rights
+from ..auth.grant import Grant
 from ..auth.guard import Guard
 from ..auth.tokens import Token, TokenPatch, TokenSpec, validate
-from ..errors import InvalidRequest, show
+from ..errors import Forbidden, InvalidRequest, NotFound, show
+from .asgi import GRANT_KEY
 from .endpoints import read_body
 from .routes import Access, Route
 
@@ -55,31 +58,58 @@ class Admin:
 
     async def create(self, request: Request) -> Response:
         spec = validate(TokenSpec, await _body(request), "token")
+        caller = _caller(request)
+        if caller is not None:
+            blank = Token(id="", name=spec.name, secret_hash=b"")
+            _within(caller, rights.proposed(spec, blank, self.guard.clock()))
         token, plaintext = await self.database.create(spec)
         await self.guard.reload()
         return self._token(token, 201, plaintext)
 
     async def list_tokens(self, request: Request) -> Response:
         now = self.guard.clock()
+        caller = _caller(request)
         tokens = await self.database.tokens()
+        if caller is not None and not rights.unlimited(caller):
+            tokens = [t for t in tokens if rights.beyond(caller, t) is None]
         return _json({"tokens": [self.guard.current(t).public(now) for t in tokens]})
 
+    async def _visible(self, request: Request) -> Token:
+        """The token the path names, if the caller may manage it (else 404, as if unknown:
+        a token beyond the caller's rights is none of its business)."""
+        ref = request.path_params["ref"]
+        token = await self.database.find(ref)
+        caller = _caller(request)
+        if caller is not None and rights.beyond(caller, token) is not None:
+            raise NotFound(f"no token with id or name {ref!r}")
+        return token
+
     async def show(self, request: Request) -> Response:
-        return self._token(await self.database.find(request.path_params["ref"]))
+        return self._token(await self._visible(request))
 
     async def patch(self, request: Request) -> Response:
         changes = validate(TokenPatch, await _body(request), "token change")
+        await self._change(request, changes)
         token = await self.database.update(request.path_params["ref"], changes)
         await self.guard.reload()
         return self._token(token)
 
+    async def _change(self, request: Request, changes: TokenPatch) -> None:
+        """Refuse (403) a change that would give the token rights beyond the caller's."""
+        token = await self._visible(request)
+        caller = _caller(request)
+        if caller is not None:
+            _within(caller, rights.proposed(changes, token, self.guard.clock()))
+
     async def delete(self, request: Request) -> Response:
+        await self._visible(request)
         token = await self.database.delete(request.path_params["ref"])
         await self.guard.reload()
         return _json({"deleted": token.id, "name": token.name})
 
     def _status_change(self, status: Any) -> Endpoint:
         async def change(request: Request) -> Response:
+            await self._visible(request)
             token = await self.database.set_status(request.path_params["ref"], status)
             await self.guard.reload()
             return self._token(token)
@@ -87,6 +117,13 @@ class Admin:
         return change
 
     async def reset_usage(self, request: Request) -> Response:
+        await self._visible(request)
+        caller = _caller(request)
+        if caller is not None and caller.quota:
+            raise Forbidden(
+                f"API token {caller.name!r} has a monthly quota ({caller.quota}) and may not "
+                "reset usage: that would give quota back"
+            )
         return self._token(await self.guard.reset_usage(request.path_params["ref"]))
 
     async def extend(self, request: Request) -> Response:
@@ -94,6 +131,7 @@ class Admin:
         expires = body.get("expires")
         if set(body) != {"expires"} or not isinstance(expires, str):
             raise InvalidRequest('extend takes {"expires": "2027-01-31" | "30d" | "never"}')
+        await self._change(request, TokenPatch(expires=expires))
         token = await self.database.extend(request.path_params["ref"], expires)
         await self.guard.reload()
         return self._token(token)
@@ -111,6 +149,13 @@ class Admin:
         rows = await self.database.usage(
             since, until, token=query.get("token"), model=query.get("model")
         )
+        caller = _caller(request)
+        if caller is not None and not rights.unlimited(caller):
+            # A limited admin sees the usage of the tokens it may manage, and no addresses of
+            # strangers' refusals.
+            mine = {t.id for t in await self.database.tokens() if rights.beyond(caller, t) is None}
+            return _json({"usage": [r for r in rows if r["token_id"] in mine],
+                          "refused_without_token": []})  # fmt: skip
         refused = await self.database.refused(since, until)
         return _json({"usage": rows, "refused_without_token": refused})
 
@@ -189,3 +234,15 @@ def _day(text: str, name: str) -> float:
             f"{name}={show(text)} is not a date like 2026-11-30 (years 0001 to 9999)"
         ) from exc
     return float(calendar.timegm((year, month, day, 0, 0, 0)))
+
+
+def _caller(request: Request) -> Grant | None:
+    """The token making the request (None with authentication off)."""
+    grant: Grant | None = request.scope.get(GRANT_KEY)
+    return grant
+
+
+def _within(caller: Grant, token: Token) -> None:
+    reason = rights.beyond(caller, token)
+    if reason is not None:
+        raise Forbidden(reason)

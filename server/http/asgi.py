@@ -15,6 +15,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATUS_KEY = "cinfer.status"
+GRANT_KEY = "cinfer.grant"
+"""The scope key of the admitted request's token (an auth `Grant`): what endpoints that
+filter by the caller's rights read."""
 """Set in the ASGI scope by the infer endpoint: the status it answered (for the usage log)."""
 
 SCOPE_KEY = "cinfer.infer"

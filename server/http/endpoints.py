@@ -22,6 +22,7 @@ from .. import wire
 from ..dataplane import DataPlane
 from ..errors import InvalidRequest, NotFound, PayloadTooLarge, show
 from . import openapi
+from .asgi import GRANT_KEY
 from .infer import InferEndpoint
 from .routes import Access, Route, RouteTable
 
@@ -67,6 +68,13 @@ async def read_json(request: Request, model: type[wire.Wire], limit: int) -> Any
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidRequest(f"invalid request body: {problems}") from exc
+
+
+def allowed_models(request: Request) -> Callable[[str], bool] | None:
+    """Which models the request's token may use, for answers that list models; None: all
+    (no token needed, or one without model limits)."""
+    grant = request.scope.get(GRANT_KEY)
+    return grant.allows_model if grant is not None and grant.patterns else None
 
 
 def _version(request: Request) -> str | None:
@@ -120,7 +128,10 @@ class Metadata:
 
     async def statistics(self, request: Request) -> Response:
         model = request.path_params.get("model")
-        return JSONResponse(await self.dataplane.model_statistics(model, _version(request)))
+        answer = await self.dataplane.model_statistics(
+            model, _version(request), allowed=allowed_models(request)
+        )
+        return JSONResponse(answer)
 
     def routes(self) -> list[Route]:
         routes = [
@@ -173,7 +184,11 @@ class Repository:
 
     async def index(self, request: Request) -> Response:
         body = await read_json(request, wire.RepositoryIndexRequest, self.limit)
-        return JSONResponse(await self.dataplane.repository_index(body.ready))
+        entries = await self.dataplane.repository_index(body.ready)
+        allowed = allowed_models(request)
+        if allowed is not None:
+            entries = [entry for entry in entries if allowed(entry["name"])]
+        return JSONResponse(entries)
 
     async def load(self, request: Request) -> Response:
         body = await read_json(request, wire.RepositoryLoadRequest, self.limit)
@@ -212,7 +227,7 @@ class Metrics:
 
     def routes(self) -> list[Route]:
         return [
-            Route("GET", "/metrics", self.metrics, Access.METADATA,
+            Route("GET", "/metrics", self.metrics, Access.SERVER_WIDE,
                   "Prometheus metrics (Triton's nv_inference_* families and cinfer_*)",
                   tag="metrics", media_type="text/plain"),
         ]  # fmt: skip
@@ -235,7 +250,8 @@ class Docs:
     async def document(self, request: Request) -> Response:
         if self._document is None:  # the routes' part, built once
             self._document = openapi.Document(self.table(), self.tokens)
-        return JSONResponse(await self._document.build(self.dataplane.reconciler))
+        document = await self._document.build(self.dataplane.reconciler, allowed_models(request))
+        return JSONResponse(document)
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(openapi.docs_page(self.tokens))

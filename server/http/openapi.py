@@ -10,6 +10,7 @@ package's files, served by the server itself (no CDN).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -206,9 +207,13 @@ class Document:
             )
         self.schemas.of(wire.InferenceResponse)
 
-    async def build(self, reconciler: Reconciler) -> dict[str, Any]:
+    async def build(
+        self, reconciler: Reconciler, allowed: Callable[[str], bool] | None = None
+    ) -> dict[str, Any]:
+        """The document, with the infer paths of the ready models `allowed` accepts."""
         paths = dict(self.paths)
-        for i, name in enumerate(sorted(reconciler.models)):
+        names = sorted(reconciler.models)
+        for i, name in enumerate(n for n in names if allowed is None or allowed(n)):
             if i and i % MODELS_PER_YIELD == 0:
                 await asyncio.sleep(0)
             model = reconciler.models.get(name)

@@ -39,8 +39,12 @@ class Access(enum.Enum):
     PUBLIC = "public"
     """Never a token: the health probes, the docs page and its assets."""
     METADATA = "metadata"
-    """Server-wide reads (metadata, every model's statistics, OpenAPI, /metrics): open with
-    ``[auth] public_metadata``, else the `read` permission."""
+    """Server-wide reads (metadata, every model's statistics, OpenAPI): open with
+    ``[auth] public_metadata``, else the `read` permission; lists are filtered to the models
+    the token may use."""
+    SERVER_WIDE = "server-wide"
+    """Reads that cannot be filtered per model (/metrics): open with public_metadata, else
+    `read` on a token without model limits."""
     MODEL_READ = "model-read"
     """One model's metadata, configuration or statistics: open with public_metadata, else
     `read` on that model."""
@@ -49,7 +53,8 @@ class Access(enum.Enum):
     INFER = "infer"
     """Inference: `infer` on that model."""
     ADMIN = "admin"
-    """The repository and token APIs: the `admin` permission."""
+    """The repository and token APIs: the `admin` permission, and the model allowed when the
+    path names one; the index and the token API keep to the caller's rights (auth/rights.py)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,9 +102,11 @@ class Route:
         if access is Access.PUBLIC:
             return None
         if access is Access.ADMIN:
-            return Need(("admin",), target)
+            return Need(("admin",), target, params.get("model"))
         if access is Access.METADATA:
             return None if public_metadata else Need(("read",), target)
+        if access is Access.SERVER_WIDE:
+            return None if public_metadata else Need(("read",), target, every_model=True)
         model, version = params.get("model"), params.get("version")
         if access is Access.INFER:
             return Need(("infer",), target, model, version, infer=True)

@@ -190,7 +190,7 @@ PROTECTED = [
         ("GET", "/docs", None, None, None),
         ("GET", "/docs/assets/swagger-ui.css", None, None, None),
         ("POST", "/v2/repository/index", ("admin",), None, None),
-        ("POST", "/v2/repository/models/m/load", ("admin",), None, None),
+        ("POST", "/v2/repository/models/m/load", ("admin",), "m", None),
         ("POST", "/admin/tokens/x/pause", ("admin",), None, None),
         ("GET", "/admin/usage", ("admin",), None, None),
     ],
@@ -346,7 +346,7 @@ async def test_malformed_and_unknown_tokens_get_401(h: Harness) -> None:
 async def test_pause_resume_and_revoke_through_the_admin_api_take_effect_at_once(
     h: Harness,
 ) -> None:
-    admin = await h.create("admin", scopes=["admin"])
+    admin = await h.create("admin", scopes=EVERYTHING)
     token = await h.create("ci")
     assert (await h.infer(token)).status_code == 200
     assert (await h.request("POST", "/admin/tokens/ci/pause", admin)).json()["status"] == "paused"
@@ -380,7 +380,7 @@ async def test_expiry_follows_the_clock(h: Harness) -> None:
     assert (await h.infer(token)).status_code == 200
     h.clock.now += 1
     assert_refused(await h.infer(token), 401, "API token 'temp' expired at 2026-12-01T11:59:00Z")
-    admin = await h.create("admin", scopes=["admin"])
+    admin = await h.create("admin", scopes=EVERYTHING)
     response = await h.request("POST", "/admin/tokens/temp/extend", admin, json={"expires": "1d"})
     assert response.json()["expires_at"] == "2026-12-02T11:59:00Z"
     assert (await h.infer(token)).status_code == 200
@@ -499,7 +499,7 @@ async def test_public_metadata_opens_metadata_only(tmp_path: Path, tiny_onnx: Pa
 
 
 async def test_admin_api_creates_lists_changes_and_deletes(h: Harness) -> None:
-    admin = await h.create("admin", scopes=["admin"])
+    admin = await h.create("admin", scopes=EVERYTHING)
     response = await h.request(
         "POST",
         "/admin/tokens",
@@ -600,7 +600,7 @@ async def test_admin_api_creates_lists_changes_and_deletes(h: Harness) -> None:
 async def test_admin_api_refuses_bad_input_with_4xx(
     h: Harness, method: str, path: str, body: Any, status: int, message: str
 ) -> None:
-    admin = await h.create("admin", scopes=["admin"])
+    admin = await h.create("admin", scopes=EVERYTHING)
     content = body if isinstance(body, bytes) else None
     json_body = body if isinstance(body, dict) else None
     response = await h.request(method, path, admin, content=content, json=json_body)
@@ -608,7 +608,7 @@ async def test_admin_api_refuses_bad_input_with_4xx(
 
 
 async def test_unicode_and_sql_in_names_and_remarks_are_kept_verbatim(h: Harness) -> None:
-    admin = await h.create("admin", scopes=["admin"])
+    admin = await h.create("admin", scopes=EVERYTHING)
     remark = 'Robert\'); DROP TABLE tokens;-- 🚀 «ünïcode» "q" %s ?'
     response = await h.request(
         "POST", "/admin/tokens", admin, json={"name": "cafe-uni", "remark": remark}
@@ -620,7 +620,7 @@ async def test_unicode_and_sql_in_names_and_remarks_are_kept_verbatim(h: Harness
 
 
 async def test_usage_aggregates_requests_and_errors_per_token_model_and_day(h: Harness) -> None:
-    admin = await h.create("admin", scopes=["admin"])
+    admin = await h.create("admin", scopes=EVERYTHING)
     runner = await h.create("runner", models=["tiny"])
     for _ in range(3):
         assert (await h.infer(runner)).status_code == 200
@@ -845,7 +845,7 @@ async def test_quota_is_taken_from_the_database_before_it_is_served(
 
 
 async def admin(h: Harness) -> str:
-    return await h.create(f"admin-{len(h.guard._grants)}", scopes=["admin"])
+    return await h.create(f"admin-{len(h.guard._grants)}", scopes=EVERYTHING)
 
 
 async def test_a_reset_forgets_the_lease_too(tmp_path: Path, tiny_onnx: Path) -> None:
