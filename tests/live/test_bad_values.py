@@ -38,7 +38,9 @@ def names(url: str, admin: dict[str, str]) -> list[str]:
 def test_out_of_range_values_are_400s_and_nothing_is_stored(
     repo: Path, env: dict[str, str]
 ) -> None:
-    admin = {"Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin')}"}
+    admin = {
+        "Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin,read,infer')}"
+    }
     create(env, "--name", "kept", "--expires", "30d")
     with live_server(repo, env=env) as (url, _):
         kept = httpx.get(f"{url}/admin/tokens/kept", headers=admin).json()
@@ -87,7 +89,9 @@ def test_a_row_an_older_version_wrote_still_lists_shows_and_deletes(
     repo: Path, env: dict[str, str]
 ) -> None:
     database = Path(env["CINFER_AUTH__DATABASE"])
-    admin = {"Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin')}"}
+    admin = {
+        "Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin,read,infer')}"
+    }
     old = create(env, "--name", "old", "--expires", "30d")
     broken = create(env, "--name", "broken")
     ancient = create(env, "--name", "ancient")
@@ -159,7 +163,9 @@ LOOSE = [
 
 
 def test_names_are_ascii_and_fields_have_their_json_types(repo: Path, env: dict[str, str]) -> None:
-    admin = {"Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin')}"}
+    admin = {
+        "Authorization": f"Bearer {create(env, '--name', 'admin', '--scope', 'admin,read,infer')}"
+    }
     # The CLI converts its arguments before the strict check.
     create(env, "--name", "limited", "--rate-limit", "10", "--monthly-quota", "100")
     with live_server(repo, env=env) as (url, _):
