@@ -101,7 +101,7 @@ def test_forwarded_for_from_a_trusted_proxy_names_the_client(
             with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
                 return conn.execute("SELECT client, status, requests FROM refusals").fetchall()
 
-        assert wait_until(refusals, "the refusal counts") == [("127.0.0.1", 400, 2)]
+        wait_until(lambda: refusals() == [("127.0.0.1", 400, 2)], "both refusals counted")
 
 
 def test_without_auth_the_access_log_names_the_peer(repo: Path) -> None:
