@@ -124,6 +124,10 @@ class Grant:
             self.address_ok[address] = allowed
         return allowed
 
+    def level(self, now: float) -> float:
+        """The requests the bucket holds at `now` (refilled since it was last taken from)."""
+        return min(self.capacity, self.bucket + max(0.0, now - self.stamp) * self.rate)
+
     def take(self, now: float) -> float:
         """Take one request from the bucket: 0, or the seconds until one is available.
 
@@ -131,8 +135,7 @@ class Grant:
         up to the limit, then the limit per minute.
         """
         if now > self.stamp:
-            self.bucket = min(self.capacity, self.bucket + (now - self.stamp) * self.rate)
-            self.stamp = now
+            self.bucket, self.stamp = self.level(now), now
         if self.bucket >= 1.0:
             self.bucket -= 1.0
             return 0.0

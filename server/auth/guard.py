@@ -151,8 +151,7 @@ class Guard:
         buckets = {}
         for grant in self._grants.values():
             if grant.capacity:
-                level = min(grant.capacity, grant.bucket + max(0.0, now - grant.stamp) * grant.rate)
-                buckets[grant.id] = (level, now)
+                buckets[grant.id] = (grant.level(now), now)
         await self.database.save_buckets(buckets, now)
 
     async def _run(self, stopping: asyncio.Event) -> None:
