@@ -119,6 +119,8 @@ class Guard:
             await self._task
             self._task = None
         try:
+            if self._leasing:  # a lease taken ahead is given back with the rest
+                await asyncio.gather(*self._leasing.values(), return_exceptions=True)
             async with self._lock:
                 await self._flush()
                 await self._give_back()
@@ -396,6 +398,10 @@ class Guard:
                 )
         if grant.quota:
             grant.lease -= 1
+            if grant.lease <= grant.lease_size >> 2 and grant.id not in self._leasing:
+                # The next block now, in the background: requests never wait for a lease
+                # while the token keeps a steady pace.
+                self._start_lease(grant)
         else:
             grant.pending += 1
         grant.last_used = now
@@ -405,10 +411,20 @@ class Guard:
         the same token share one. Admit again afterwards: 429 if none was left."""
         leasing = self._leasing.get(grant.id)
         if leasing is None:
-            leasing = asyncio.ensure_future(self._lease(grant))
-            self._leasing[grant.id] = leasing
-            leasing.add_done_callback(lambda _: self._leasing.pop(grant.id, None))
+            leasing = self._start_lease(grant)
         await asyncio.shield(leasing)
+
+    def _start_lease(self, grant: Grant) -> asyncio.Future[None]:
+        leasing = asyncio.ensure_future(self._lease(grant))
+        self._leasing[grant.id] = leasing
+        leasing.add_done_callback(lambda done: self._leased(grant.id, done))
+        return leasing
+
+    def _leased(self, token_id: str, done: asyncio.Future[None]) -> None:
+        self._leasing.pop(token_id, None)
+        if not done.cancelled() and done.exception() is not None:
+            # Whoever awaited it got the error; one taken ahead is retried when it is needed.
+            log.warning("quota lease for token %s failed: %s", token_id, done.exception())
 
     async def _lease(self, grant: Grant) -> None:
         now = time.monotonic()

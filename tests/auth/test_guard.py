@@ -482,7 +482,9 @@ async def test_monthly_quota_is_exhausted_then_resets_at_the_month_boundary(h: H
     assert (await h.infer(token)).status_code == 200
     await h.guard.flush()
     stored = await h.guard.database.find("monthly")
-    assert (stored.usage_month, stored.used) == ("2026-12", 1)
+    # The file also counts the next lease, taken ahead; what was served is 1.
+    assert (stored.usage_month, h.guard.current(stored).used) == ("2026-12", 1)
+    assert stored.used == 2
 
 
 async def test_public_metadata_opens_metadata_only(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -834,14 +836,38 @@ async def test_quota_is_taken_from_the_database_before_it_is_served(
         for _ in range(300):
             assert (await h.infer(token)).status_code == 200
         # Nothing flushed yet, yet the file already counts every request served, and at most
-        # one lease (1/100 of the quota) ahead of them.
+        # the rest of one lease (a quarter of it) and the next, taken ahead (1/100 of the
+        # quota), beyond them.
         stored = await h.guard.database.find("metered")
-        assert 300 <= stored.used <= 300 + 100
+        assert 300 <= stored.used <= 300 + 125
         shown = (await h.request("GET", "/admin/tokens/metered", await admin(h))).json()
         assert shown["used_this_month"] == 300
         database = h.guard.database.path
     with sqlite3.connect(database) as conn:  # the clean stop gave the unserved rest back
         assert conn.execute("SELECT used FROM tokens WHERE name = 'metered'").fetchone() == (300,)
+
+
+async def test_the_next_lease_is_taken_before_the_current_one_runs_out(
+    tmp_path: Path, tiny_onnx: Path
+) -> None:
+    async with guarded(tmp_path, tiny_onnx, interval=3600) as h:
+        token = await h.create("steady", monthly_quota=10_000)
+        assert (await h.infer(token)).status_code == 200  # waited for a lease of 1
+
+        async def leased_ahead() -> int:
+            while True:  # the lease taken in the background, after that one request
+                stored = await h.guard.database.find("steady")
+                if stored.used > 1:
+                    return stored.used
+                await asyncio.sleep(0.01)
+
+        assert await asyncio.wait_for(leased_ahead(), 10) == 1 + 2  # doubled: spent < 1 s
+        grant = h.guard.identify(token)
+        assert grant.lease == 2  # the next requests are served from memory
+        for _ in range(2):
+            assert (await h.infer(token)).status_code == 200
+        shown = (await h.request("GET", "/admin/tokens/steady", await admin(h))).json()
+        assert shown["used_this_month"] == 3
 
 
 async def admin(h: Harness) -> str:
