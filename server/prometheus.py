@@ -7,8 +7,8 @@ repository of 300 models, and no request was served meanwhile (issue 11, finding
 version's label set is escaped once and its lines are formatted straight from the counters,
 in slices of `CHUNK` versions with a yield to the event loop between them: a scrape costs time
 linear in the number of versions and never holds requests up for more than one slice. The
-process metrics (RSS, CPU, open files) and the auth rejections are a fixed handful of lines
-and still come from prometheus-client.
+process metrics (RSS, CPU, open files), the garbage collector's and the auth rejections are a
+fixed handful of lines and still come from prometheus-client.
 
 Triton's metric names are kept where they exist (`nv_inference_*`), labelled `model` and
 `version`, with Triton's types (counters and gauges) and its exact sample names: dashboards
@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .counters import BATCH_SIZES, LATENCY_NS, Histogram, durations, sum_instances
+from .heap import GENERATIONS, Collector
 from .models import ModelVersion
 from .reconciler import Reconciler
 
@@ -149,6 +150,37 @@ class _Rejections:
         yield family
 
 
+class _Heap:
+    """A prometheus-client collector for the garbage collector (heap.py): collections and
+    the time they held the event loop, per generation, and the objects frozen."""
+
+    def __init__(self, heap: Collector) -> None:
+        self.heap = heap
+
+    def collect(self) -> Iterator[Metric]:
+        heap = self.heap
+        collections = CounterMetricFamily(
+            "cinfer_gc_collections",
+            "Garbage collections by generation",
+            labels=["generation"],
+        )
+        pause = CounterMetricFamily(
+            "cinfer_gc_pause_seconds",
+            "Time spent in garbage collections (no request is served meanwhile), by generation",
+            labels=["generation"],
+        )
+        for generation in GENERATIONS:
+            collections.add_metric([str(generation)], heap.collections[generation])
+            pause.add_metric([str(generation)], heap.pause_seconds[generation])
+        yield collections
+        yield pause
+        yield GaugeMetricFamily(
+            "cinfer_gc_frozen_objects",
+            "Objects held since the last model change, which collections no longer walk",
+            value=heap.frozen,
+        )
+
+
 class Exposition:
     """The server's metrics in Prometheus' text format, rendered from the counters."""
 
@@ -166,6 +198,8 @@ class Exposition:
         if rejections is not None:
             # Token-auth rejections by HTTP status, when authentication is on.
             self._extras.register(_Rejections(rejections))
+        if reconciler.heap is not None:
+            self._extras.register(_Heap(reconciler.heap))
         self._latency = _Buckets(LATENCY, LATENCY_NS, 1e-9)
         self._queue = _Buckets(QUEUE, LATENCY_NS, 1e-9)
         self._batch = _Buckets(BATCH, BATCH_SIZES, 1)

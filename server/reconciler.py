@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ModelLoadError, NotFound
+from .heap import Collector
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
 from .repository import (
@@ -49,6 +50,9 @@ from .scheduler import Completions, InstancePool
 log = logging.getLogger("cinfer")
 
 #: model.toml keys a loaded version takes on without reloading its model file.
+#: Seconds after the last model change before the heap is settled (heap.py).
+SETTLE_DELAY = 1.0
+
 IN_PLACE = {"instances", "batching", "description"}
 
 
@@ -89,10 +93,16 @@ def log_state(
 class Reconciler:
     """Owns the loaded models; every change goes through here, serialised per model."""
 
-    def __init__(self, root: Path, python_core: int | None = None) -> None:
+    def __init__(
+        self, root: Path, python_core: int | None = None, heap: Collector | None = None
+    ) -> None:
         self.root = root
         self.python_core = python_core
         """The core the event loop is pinned to, shared by engine threads (affinity.py)."""
+        self.heap = heap
+        """The server's garbage-collector policy (heap.py): settled after model changes."""
+        self._settle: asyncio.TimerHandle | None = None
+        self._closing = False
         self.models: dict[str, Model] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._completions: Completions | None = None
@@ -164,6 +174,10 @@ class Reconciler:
 
     async def close(self) -> None:
         """Unload everything and wait for it (shutdown)."""
+        self._closing = True
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
         for name in list(self.models):
             async with self._lock(name):
                 if name in self.models:
@@ -283,6 +297,8 @@ class Reconciler:
             why = "replaced by a new load" if version.version in routed else "no longer selected"
             self._retire(version, why)
         outcome.serving = sorted(n for n, v in routed.items() if v.ready)
+        if to_load or retired:
+            self._heap_changed()
         return outcome
 
     def _unreadable(self, model: Model, reason: str, seconds: float) -> Outcome:
@@ -427,6 +443,21 @@ class Reconciler:
             time.perf_counter() - started,
             f"unloaded, engines closed ({reason})",
         )
+        self._heap_changed()
+
+    def _heap_changed(self) -> None:
+        """Settle the heap `SETTLE_DELAY` after the last model change: one full collection
+        for a start-up load or a `git pull` that changes many models, not one per model."""
+        if self.heap is None or self._closing:
+            return
+        if self._settle is not None:
+            self._settle.cancel()
+        self._settle = self.loop.call_later(SETTLE_DELAY, self._settled)
+
+    def _settled(self) -> None:
+        self._settle = None
+        assert self.heap is not None
+        self.heap.settle()
 
 
 def _close(pool: InstancePool) -> None:

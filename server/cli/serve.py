@@ -97,6 +97,7 @@ def run(settings: Settings) -> int:
     from ..auth.guard import Guard
     from ..auth.store import Database
     from ..dataplane import DataPlane
+    from ..heap import Collector
     from ..http.app import create_app
     from ..reconciler import Reconciler
 
@@ -135,7 +136,10 @@ def run(settings: Settings) -> int:
         affinity.pin(core)
         if core is not None:
             log.info("event loop and engine threads on CPU %d (engines' own threads on all)", core)
-        dataplane = DataPlane(Reconciler(root, core), repository.mode, repository.settle_ms)
+        heap = Collector()  # the collector tuned for a server's heap (heap.py)
+        heap.install()
+        reconciler = Reconciler(root, core, heap)
+        dataplane = DataPlane(reconciler, repository.mode, repository.settle_ms)
         app = create_app(settings, dataplane, guard)
         log.info(
             "cinfer %s serving %s (%s mode) on http://%s",
