@@ -12,22 +12,18 @@ sqlite3 errors become `DatabaseError` (or `Conflict` for a taken name) naming th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 import math
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-import aiosqlite
-
-from ..errors import Conflict, DatabaseError, NotFound
-from .schema import COLUMNS, MIGRATIONS, row_token, token_row
-from .tokens import ID, Clock, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
+from ..errors import Conflict, NotFound
+from .schema import COLUMNS, row_token, token_row
+from .sqlite import SQLiteFile, uncancellable
+from .tokens import ID, Status, Token, TokenPatch, TokenSpec, generate, parse_expiry
 
 log = logging.getLogger("cinfer")
 
@@ -67,87 +63,10 @@ class NameTaken(Conflict):
     """The UNIQUE constraint on tokens.name, before the caller names the name."""
 
 
-def _uncancellable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Awaitable[T]]:
-    """Run a write to its end (commit or rollback) even when its caller is cancelled: a
-    cancellation between BEGIN and COMMIT would leave the shared connection in a transaction."""
+class Database(SQLiteFile):
+    """The token records, their usage and its log in the server's SQLite file."""
 
-    @functools.wraps(method)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.shield(method(*args, **kwargs))
-
-    return run
-
-
-class Database:
-    """The token database at `path` (created with its folder); `clock` dates new tokens."""
-
-    def __init__(self, path: Path, *, clock: Clock = time.time, busy_timeout: float = 5.0) -> None:
-        self.path = path
-        self.clock = clock
-        self.busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
-
-    async def __aenter__(self) -> Database:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(f"token database {self.path}: cannot create folder: {exc}") from exc
-        with self._translate():
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await self._execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            mode = await self._scalar("PRAGMA journal_mode = WAL")
-            if str(mode).lower() != "wal":
-                log.warning("token database %s: WAL mode unavailable (%s)", self.path, mode)
-            # In WAL mode NORMAL loses no committed transaction to a process crash (kill -9),
-            # only possibly the last ones to a power cut.
-            await self._execute("PRAGMA synchronous = NORMAL")
-            await self._migrate()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def open_and_close(self) -> None:
-        """Create or migrate the file and close it again: a start-up check."""
-        await self.open()
-        await self.close()
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with self._translate():
-                await conn.close()
-
-    @property
-    def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise DatabaseError(f"token database {self.path} is not open")
-        return self._conn
-
-    async def _migrate(self) -> None:
-        await self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-        )
-        async with self._transaction() as conn:
-            version = await self._scalar("SELECT coalesce(max(version), 0) FROM schema_version")
-            if version > len(MIGRATIONS):
-                raise DatabaseError(
-                    f"token database {self.path} has schema version {version}, newer than this "
-                    f"cinfer knows ({len(MIGRATIONS)}); upgrade cinfer or use another file"
-                )
-            for number in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number]:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
-                log.info("token database %s: migrated to schema %d", self.path, number + 1)
+    what = "token database"
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -170,7 +89,7 @@ class Database:
             raise NotFound(f"no token with id or name {ref!r}")
         return row_token(rows[0])
 
-    @_uncancellable
+    @uncancellable
     async def create(self, spec: TokenSpec) -> tuple[Token, str]:
         """Store a new token; returns it and the full token string, which is not kept."""
         now = self.clock()
@@ -198,7 +117,7 @@ class Database:
                 )
         return token, plaintext
 
-    @_uncancellable
+    @uncancellable
     async def update(self, ref: str, patch: TokenPatch) -> Token:
         """Apply the fields set in `patch`; a revoked token can only be deleted."""
         fields = patch.model_fields_set
@@ -250,7 +169,7 @@ class Database:
         """Set a new expiry (``2027-01-31``, ``30d`` from now, ``never``)."""
         return await self.update(ref, TokenPatch(expires=expires))
 
-    @_uncancellable
+    @uncancellable
     async def reset_usage(self, ref: str) -> Token:
         """Set this month's count to 0 (requests a running server has not written yet stay)."""
         async with self._transaction() as conn:
@@ -259,7 +178,7 @@ class Database:
         token.used = 0
         return token
 
-    @_uncancellable
+    @uncancellable
     async def delete(self, ref: str) -> Token:
         """Remove the token; its usage log rows stay (with its id) until they age out."""
         async with self._transaction() as conn:
@@ -273,7 +192,7 @@ class Database:
         """Changes when another connection (the CLI, another server) commits to the file."""
         return int(await self._scalar("PRAGMA data_version"))
 
-    @_uncancellable
+    @uncancellable
     async def save_usage(
         self,
         counts: Sequence[UsageCount],
@@ -308,7 +227,7 @@ class Database:
                 chunk = rows[start : start + LOG_ROWS_PER_INSERT]
                 await conn.execute(_insert_log(len(chunk)), [v for row in chunk for v in row])
 
-    @_uncancellable
+    @uncancellable
     async def lease(self, token_id: str, month: str, want: int) -> tuple[int, int]:
         """Take up to `want` requests of a token's monthly quota for `month` ahead of serving
         them: (how many it got, the month's count now, leases included).
@@ -338,7 +257,7 @@ class Database:
             )
         return got, used + got
 
-    @_uncancellable
+    @uncancellable
     async def release(self, leases: Sequence[tuple[str, str, int]]) -> None:
         """Give back the unserved part of quota leases: (token id, month, requests)."""
         async with self._transaction() as conn:
@@ -347,7 +266,7 @@ class Database:
                 leases,
             )
 
-    @_uncancellable
+    @uncancellable
     async def take_buckets(self, started_at: float) -> tuple[bool | None, dict[str, Bucket]]:
         """The rate buckets the last run left: (True, buckets) after a clean stop, (False, {})
         when the last run did not stop cleanly, (None, {}) when none ever ran. A run marker
@@ -361,7 +280,7 @@ class Database:
             return True, buckets
         return (False if RUNNING in buckets else None), {}
 
-    @_uncancellable
+    @uncancellable
     async def save_buckets(self, buckets: dict[str, Bucket], stopped_at: float) -> None:
         """Keep the rate buckets for the next start (a clean stop)."""
         async with self._transaction() as conn:
@@ -372,7 +291,7 @@ class Database:
                 + [(STOPPED, 0.0, stopped_at)],
             )
 
-    @_uncancellable
+    @uncancellable
     async def prune(self, before: float, *, batch: int = 10_000) -> int:
         """Delete usage log rows older than `before`, a batch per transaction."""
         total = 0
@@ -444,43 +363,9 @@ class Database:
             for day, client, status, requests in rows
         ]
 
-    # -- plumbing -------------------------------------------------------------------------
-
-    async def _execute(self, sql: str) -> None:
-        with self._translate():
-            await self.conn.execute(sql)
-
-    async def _scalar(self, sql: str) -> Any:
-        with self._translate():
-            rows = list(await self.conn.execute_fetchall(sql))
-        return rows[0][0]
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction at a time from this process; IMMEDIATE takes the file's write
-        lock up front, so a concurrent writer waits (busy timeout) instead of deadlocking."""
-        async with self._write_lock:
-            conn = self.conn
-            with self._translate():
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        await conn.execute("ROLLBACK")
-                    raise
-
-    @contextlib.contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.IntegrityError as exc:
-            if "tokens.name" in str(exc):
-                raise NameTaken("a token with that name already exists") from exc
-            raise DatabaseError(f"token database {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"token database {self.path}: {exc}") from exc
+    def _integrity(self, exc: sqlite3.IntegrityError) -> None:
+        if "tokens.name" in str(exc):
+            raise NameTaken("a token with that name already exists") from exc
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from server.auth.store import MIGRATIONS, Database
+from server.auth.schema import MIGRATIONS
+from server.auth.store import Database
 from server.auth.tokens import TokenPatch, TokenSpec, split
 from server.errors import Conflict, DatabaseError, InvalidRequest, NotFound
 
