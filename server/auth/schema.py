@@ -67,6 +67,32 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (minute, client, status)
         ) WITHOUT ROWID""",
     ],
+    # 3 (issue 13): console accounts, the audit log of what they change, and the server's
+    # generated keys (the console's cookie-signing key), shared by every process on the file.
+    [
+        """CREATE TABLE accounts (
+            username TEXT PRIMARY KEY,
+            password TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+            session_version INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            changed_at REAL NOT NULL
+        )""",
+        """CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            client TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_log_time ON audit_log (time)",
+        """CREATE TABLE server_keys (
+            name TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        )""",
+    ],
 ]
 
 COLUMNS = (
