@@ -78,6 +78,10 @@ class ServerSettings(Section):
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM / SIGINT: how long requests in flight may take to finish before they are
     cancelled; then the models are unloaded."""
+    root_path: str = Field("", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
+    """The path prefix a reverse proxy serves the server under (``/cinfer``) and strips
+    before passing a request on: the console's links and cookies carry it. Empty when the
+    server is served at the root."""
 
 
 class MetricsSettings(Section):
@@ -125,6 +129,19 @@ class AuthSettings(Section):
         return [canonical_network(value) for value in values]
 
 
+class ConsoleSettings(Section):
+    """The web console under /console (docs/console.md). Its accounts live in `[auth]
+    database`, beside the tokens."""
+
+    enabled: bool = False
+    """Serve the console. The shipped config.toml turns it on; a settings file without a
+    [console] table (older ones, tests, embedders) keeps it off."""
+    session_idle_minutes: float = Field(30.0, gt=0)
+    """A console session ends this long after its last request."""
+    session_hours: float = Field(12.0, gt=0)
+    """... and this long after sign-in, whatever its use."""
+
+
 class Settings(Section):
     """Every setting. Building one reads nothing: `load()` layers the file, the environment
     and the flags over these defaults."""
@@ -133,6 +150,7 @@ class Settings(Section):
     repository: RepositorySettings = RepositorySettings()
     metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
 
 @dataclass(frozen=True)

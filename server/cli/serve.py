@@ -172,6 +172,7 @@ def transport(settings: Settings, app: ASGIApp, port: int) -> uvicorn.Config:
         # local client its address, past a token's IP restriction and into the usage log
         # (issue 12, finding 2); off, X-Forwarded-Proto and -Host change nothing either.
         proxy_headers=False,
+        root_path=server.root_path,
         timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
         # Used by uvicorn's h11 protocol only, should one replace ours.
         h11_max_incomplete_event_size=server.max_header_bytes,

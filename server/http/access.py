@@ -42,8 +42,7 @@ class Gate:
         self.guard = guard
         self.rejections: dict[int, int] = {}
         """Refused requests by status (the cinfer_auth_rejections metric)."""
-        self._proxies = tuple(parse_network(p) for p in guard.settings.trusted_proxies)
-        self._proxy_ok: LRUCache[str, bool] = LRUCache(MAX_CACHED)
+        self.proxies = Proxies(guard.settings.trusted_proxies)
 
     def credentials(self, scope: Scope) -> tuple[str | None, str]:
         """The bearer token a request presents and the client's address (from
@@ -58,39 +57,14 @@ class Gate:
                 forwarded = value if forwarded is None else forwarded + b"," + value
         client = scope.get("client")
         address = client[0] if client else ""
-        if forwarded is not None and self._proxies and self._is_proxy(address):
-            address = self._forwarded_client(forwarded, address)
+        if forwarded is not None and self.proxies.networks and self.proxies.trusted(address):
+            address = self.proxies.client(forwarded, address)
         if authorization is None:
             return None, address
         scheme, _, value = authorization.partition(b" ")
         if scheme.lower() != b"bearer":
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         return value.strip().decode("latin-1"), address
-
-    def _is_proxy(self, address: str) -> bool:
-        trusted = self._proxy_ok.get(address)
-        if trusted is None:
-            trusted = contains(self._proxies, address)
-            self._proxy_ok[address] = trusted
-        return trusted
-
-    def _forwarded_client(self, forwarded: bytes, peer: str) -> str:
-        """The right-most ``X-Forwarded-For`` entry that is not a trusted proxy: the address
-        the last trusted proxy saw (entries left of it are whatever the client claimed)."""
-        address = peer
-        for hop in reversed(forwarded.decode("latin-1").split(",")):
-            hop = hop.strip()
-            if not hop:
-                continue
-            parsed = parse_address(hop)
-            if parsed is None:
-                raise InvalidRequest(
-                    f"X-Forwarded-For entry {show(hop)} from proxy {peer} is not an IP address"
-                )
-            address = str(parsed)
-            if not self._is_proxy(address):
-                return address
-        return address
 
     async def enter(
         self, found: Found, scope: Scope, receive: Receive, send: Send, run: Run
@@ -172,3 +146,59 @@ class Gate:
                 (now, grant.id, need.model, need.version, status,
                  (time.perf_counter() - start) * 1000, address)
             )  # fmt: skip
+
+
+class Proxies:
+    """The ``[auth] trusted_proxies``: whose ``X-Forwarded-*`` headers are believed."""
+
+    def __init__(self, trusted: list[str]) -> None:
+        self.networks = tuple(parse_network(p) for p in trusted)
+        self._known: LRUCache[str, bool] = LRUCache(MAX_CACHED)
+
+    def address(self, scope: Scope) -> str:
+        """The client's address: the peer's, or the one a trusted proxy forwarded."""
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        if not self.networks or not self.trusted(peer):
+            return peer
+        forwarded = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        return self.client(b",".join(forwarded), peer) if forwarded else peer
+
+    def https(self, scope: Scope) -> bool:
+        """Whether the client's request came over https: to this server, or to a trusted
+        proxy that says so (``X-Forwarded-Proto``)."""
+        if scope.get("scheme") in ("https", "wss"):
+            return True
+        client = scope.get("client")
+        if not self.networks or not client or not self.trusted(client[0]):
+            return False
+        for key, value in scope["headers"]:
+            if key == b"x-forwarded-proto":
+                return bool(value.split(b",")[0].strip().lower() == b"https")
+        return False
+
+    def trusted(self, address: str) -> bool:
+        """Whether `address` is one of the trusted proxies."""
+        trusted = self._known.get(address)
+        if trusted is None:
+            trusted = contains(self.networks, address)
+            self._known[address] = trusted
+        return trusted
+
+    def client(self, forwarded: bytes, peer: str) -> str:
+        """The right-most ``X-Forwarded-For`` entry that is not a trusted proxy: the address
+        the last trusted proxy saw (entries left of it are whatever the client claimed)."""
+        address = peer
+        for hop in reversed(forwarded.decode("latin-1").split(",")):
+            hop = hop.strip()
+            if not hop:
+                continue
+            parsed = parse_address(hop)
+            if parsed is None:
+                raise InvalidRequest(
+                    f"X-Forwarded-For entry {show(hop)} from proxy {peer} is not an IP address"
+                )
+            address = str(parsed)
+            if not self.trusted(address):
+                return address
+        return address

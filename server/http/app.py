@@ -23,6 +23,7 @@ from typing import Any, cast
 from starlette.requests import Request
 
 from ..auth.guard import Guard
+from ..auth.store import Database
 from ..dataplane import DataPlane
 from ..errors import CinferError
 from ..prometheus import CONTENT_TYPE, Exposition, MetricsPort
@@ -80,6 +81,15 @@ def create_app(
         endpoints.append(Metrics(exposition.render, CONTENT_TYPE))
     if guard is not None:
         endpoints.append(Admin(guard))
+    console = None
+    if settings.console.enabled:
+        from ..console.pages import Console
+
+        if guard is not None:
+            console = Console(settings, dataplane, guard.database, owned=False)
+        else:
+            console = Console(settings, dataplane, Database(settings.auth.database), owned=True)
+        endpoints.append(console)
     declared = [route for endpoint in endpoints for route in endpoint.routes()]
     table = RouteTable(
         [*declared, *routes], public_metadata=guard.public_metadata if guard else False
@@ -96,9 +106,13 @@ def create_app(
             raise
         if metrics_port is not None:
             await metrics_port.start()
+        if console is not None:
+            await console.start()
 
     async def stop() -> None:
         try:
+            if console is not None:
+                await console.stop()
             if metrics_port is not None:
                 await metrics_port.stop()
             await dataplane.stop()
@@ -134,10 +148,12 @@ class App:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            found = self.table.find(scope["method"], scope["path"])
-        elif kind == "websocket":
-            found = self.table.find("WEBSOCKET", scope["path"])
+        if kind == "http" or kind == "websocket":
+            path = scope["path"]
+            root = scope.get("root_path")
+            if root and path.startswith(root):  # [server] root_path: uvicorn put it in front
+                path = path[len(root) :] or "/"
+            found = self.table.find(scope["method"] if kind == "http" else "WEBSOCKET", path)
         else:
             if kind == "lifespan":
                 await self.lifespan(receive, send)

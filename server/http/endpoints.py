@@ -273,20 +273,23 @@ class Docs:
 
 
 class Assets:
-    """Swagger UI's files, read once and answered from memory with an ETag."""
+    """Static files from one folder (Swagger UI's by default), read once and answered from
+    memory with an ETag."""
 
-    def __init__(self) -> None:
-        from swagger_ui_bundle import swagger_ui_path
+    def __init__(self, folder: Path | None = None) -> None:
+        if folder is None:
+            from swagger_ui_bundle import swagger_ui_path
 
-        self.folder = Path(swagger_ui_path)
+            folder = Path(swagger_ui_path)
+        self.folder = folder
         self._files: dict[str, tuple[bytes, str, str]] = {}
 
     def answer(self, name: str, headers: Any) -> Response:
         found = self._files.get(name)
         if found is None:
             path = self.folder / name
-            if name.startswith(".") or not path.is_file():
-                raise NotFound(f"no docs asset {show(name)}")
+            if name.startswith(".") or "/" in name or not path.is_file():
+                raise NotFound(f"no asset {show(name)}")
             content = path.read_bytes()
             media = mimetypes.guess_type(name)[0] or "application/octet-stream"
             found = (content, media, '"' + hashlib.sha256(content).hexdigest()[:32] + '"')

@@ -202,6 +202,8 @@ class Document:
         for route in table:
             if route.method == "WEBSOCKET":
                 continue  # OpenAPI 3.0 has no WebSocket operations; docs/api.md lists them
+            if not route.api:
+                continue  # pages for people (the console): docs/console.md lists them
             self.paths.setdefault(route.path, {})[route.method.lower()] = operation(
                 route, self.schemas, tokens
             )

@@ -78,6 +78,9 @@ class Route:
     """The 200 answer's media type; JSON answers are documented with `answer`."""
     query: tuple[str, ...] = ()
     """Optional query parameters it reads (documented as strings)."""
+    api: bool = True
+    """Part of the API, in the OpenAPI document; False for pages people use in a browser
+    (the console), which answer HTML and are documented in docs/console.md."""
     status: int = 200
     errors: tuple[int, ...] = ()
     """Statuses beside the success one the route answers on its own (400, 404, 503...);
