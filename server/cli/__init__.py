@@ -6,10 +6,13 @@
                          [--expires 2027-01-31|30d] [--remark TEXT]
     cinfer tokens list | show REF | pause REF | resume REF | revoke REF | delete REF
     cinfer tokens extend REF --expires WHEN | reset-usage REF | update REF [--scope ...]
+    cinfer admin create --username NAME [--role admin|viewer] [--password-stdin]
+    cinfer admin reset-password --username NAME [--password-stdin] | list | delete
 
 `serve` is the default command: `cinfer` with no command takes serve's flags and serves, so
 bare `cinfer` serves with ./config.toml and `python -m server --repository DIR --port 9000`
-serves too. One module per command: serve.py, tokens.py; config.py has what they share.
+serves too. One module per command: serve.py, tokens.py, admin.py; config.py has what they
+share.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
+from .admin import admin
 from .serve import serve, serve_options
 from .tokens import tokens
 
@@ -61,3 +65,4 @@ def main(
 
 main.add_command(serve)
 main.add_command(tokens)
+main.add_command(admin)

@@ -32,8 +32,9 @@ def live_server(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Start the server over `repository`; yields (base URL, process) once it is ready.
 
-    Authentication is off unless `env` sets ``CINFER_AUTH__ENABLED`` (the shipped config.toml
-    turns it on, and tests that are not about tokens should not need one).
+    Authentication and the console are off unless `env` sets ``CINFER_AUTH__ENABLED`` or
+    ``CINFER_CONSOLE__ENABLED`` (the shipped config.toml turns both on, and tests that are not
+    about them should not need a token, nor write a database beside config.toml).
     """
     port = free_port()
     log_path = repository.parent / f"server-{port}.log"
@@ -52,7 +53,12 @@ def live_server(
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "CINFER_AUTH__ENABLED": "false", **(env or {})},
+        env={
+            **os.environ,
+            "CINFER_AUTH__ENABLED": "false",
+            "CINFER_CONSOLE__ENABLED": "false",
+            **(env or {}),
+        },
         text=True,
     )
     url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,348 @@
+"""The console's routes: first-run set-up, sign-in, sign-out, the dashboard, its live stream
+and its static files (docs/console.md).
+
+Every page but set-up, sign-in and the static files needs a console session; without one a
+page redirects to sign-in (or to set-up while no admin exists). Every state-changing request
+carries the session's CSRF token (a form field or the ``X-CSRF-Token`` header); set-up and
+sign-in carry a form token of their own. Errors are pages with the status and the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .. import __version__
+from ..auth.accounts import MAX_PASSWORD, Accounts
+from ..auth.sqlite import SQLiteFile
+from ..dataplane import DataPlane
+from ..errors import CinferError, InvalidRequest
+from ..http.access import Proxies
+from ..http.endpoints import Assets
+from ..http.routes import Access, Route
+from ..models import ModelState
+from ..settings import Settings
+from .live import Live
+from .sessions import Sessions, Throttle
+from .web import PREFIX, SECURITY_HEADERS, Visitor, Web
+
+log = logging.getLogger("cinfer")
+
+STATIC = Path(__file__).parent / "static"
+ENGINES = ("onnxruntime", "onnxruntime-gpu", "openvino", "torch")
+MAX_FORM_BYTES = 64 * 1024
+SESSION_KEY = "console-session"
+"""The server key (auth/accounts.py) console cookies are signed with."""
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _page(handler: Callable[[Console, Request], Awaitable[Response]]) -> Any:
+    """A console endpoint whose client errors are pages (status and reason), not JSON."""
+
+    @functools.wraps(handler)
+    async def run(self: Console, request: Request) -> Response:
+        try:
+            return await handler(self, request)
+        except CinferError as exc:
+            if exc.status_code >= 500:
+                raise
+            visitor = await self.web.visitor(request)
+            response = self.web.render(
+                request, "error.html", visitor, exc.status_code, message=exc.message
+            )
+            response.headers.update(exc.headers or {})
+            return response
+
+    return run
+
+
+def _devices() -> list[str]:
+    found = []
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    name = model or platform.processor() or platform.machine()
+    found.append(f"CPU: {name}, {os.cpu_count()} cores")
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir():
+        for gpu in sorted(gpus.iterdir()):
+            info = gpu / "information"
+            name = ""
+            if info.is_file():
+                for line in info.read_text(errors="replace").splitlines():
+                    if line.startswith("Model:"):
+                        name = line.partition(":")[2].strip()
+            found.append(f"GPU: {name or gpu.name}")
+    return found
+
+
+def _engines() -> list[tuple[str, str]]:
+    installed = []
+    for name in ENGINES:
+        try:
+            installed.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return installed
+
+
+class Console:
+    """The web console: pages on the route table, over the core's DataPlane and accounts."""
+
+    def __init__(
+        self, settings: Settings, dataplane: DataPlane, database: SQLiteFile, owned: bool
+    ) -> None:
+        """`database` is the server's SQLite file: the guard's when tokens are on (`owned`
+        False), else one the console opens and closes itself."""
+        self.settings = settings
+        self.dataplane = dataplane
+        self.database = database
+        self.owned = owned
+        self.accounts = Accounts(database)
+        self.web = Web(self.accounts, Proxies(settings.auth.trusted_proxies))
+        self.throttle = Throttle()
+        self.live = Live(dataplane.reconciler)
+        self.assets = Assets(STATIC)
+        self.started = time.time()
+        self._devices = _devices()
+        self._engines = _engines()
+
+    def routes(self) -> list[Route]:
+        def page(method: str, path: str, endpoint: Handler, summary: str, *errors: int) -> Route:
+            return Route(
+                method,
+                PREFIX + path,
+                endpoint,
+                Access.PUBLIC,
+                f"Console: {summary}",
+                tag="console",
+                media_type="text/html",
+                errors=errors,
+            )
+
+        return [
+            page("GET", "", self.dashboard, "the dashboard"),
+            page("GET", "/setup", self.setup_page, "first-run set-up (while no admin exists)"),
+            page("POST", "/setup", self.setup, "create the first admin account", 400, 403, 409),
+            page("GET", "/login", self.login_page, "sign-in"),
+            page("POST", "/login", self.login, "sign in", 400, 401, 403, 429),
+            page("POST", "/logout", self.logout, "sign out (ends the account's sessions)", 403),
+            Route("GET", f"{PREFIX}/live", self.stream, Access.PUBLIC,
+                  "Console: the dashboard's live numbers (server-sent events)", tag="console",
+                  media_type="text/event-stream", api=False, errors=(401,)),
+            Route("GET", f"{PREFIX}/static/{{file}}", self.asset, Access.PUBLIC,
+                  "Console: its static files (vendored htmx and uPlot, its CSS and JS)",
+                  tag="console", media_type="application/octet-stream", api=False,
+                  errors=(404,)),
+        ]  # fmt: skip
+
+    async def start(self) -> None:
+        if self.owned:
+            await self.database.open()
+        key = await self.accounts.key(SESSION_KEY)
+        console = self.settings.console
+        self.web.sessions = Sessions(
+            key, console.session_idle_minutes * 60, console.session_hours * 3600
+        )
+        self.live.start()
+        if not await self.accounts.has_admin():
+            log.warning(
+                "console: no admin account yet: open /console to create one "
+                "(or run: cinfer admin create --username <name>)"
+            )
+
+    async def stop(self) -> None:
+        await self.live.stop()
+        if self.owned:
+            await self.database.close()
+
+    # -- first run, sign-in, sign-out ----------------------------------------------------
+
+    @_page
+    async def setup_page(self, request: Request) -> Response:
+        if await self.accounts.has_admin():
+            return self.web.redirect(request, "/login")
+        return self.web.form_page(request, "setup.html", username="", error="")
+
+    @_page
+    async def setup(self, request: Request) -> Response:
+        form = await _form(request)
+        if not self.web.form_ok(request, form.get("csrf")):
+            return self._form_refused(request, "setup.html")
+        username = form.get("username", "").strip()
+        password, confirm = form.get("password", ""), form.get("confirm", "")
+
+        def again(status: int, error: str) -> Response:
+            return self.web.form_page(request, "setup.html", status, username=username, error=error)
+
+        if await self.accounts.has_admin():
+            return again(409, "An admin account exists already: sign in instead.")
+        if password != confirm:
+            return again(400, "The two passwords differ.")
+        try:
+            account = await self.accounts.create_first_admin(username, password)
+        except InvalidRequest as exc:
+            return again(400, _sentence(exc.message))
+        if account is None:  # another set-up won the race
+            return again(409, "An admin account was created meanwhile: sign in instead.")
+        address = self.web.address(request)
+        await self.accounts.audit(username, "account.create", username, "first admin", address)
+        log.info("console: first admin %r created from %s", username, address)
+        cookie, _ = self.web.signer.issue(account)
+        response = self.web.redirect(request, "")
+        self.web.set_session(request, response, cookie)
+        return response
+
+    @_page
+    async def login_page(self, request: Request) -> Response:
+        if not await self.accounts.has_admin():
+            return self.web.redirect(request, "/setup")
+        if await self.web.visitor(request) is not None:
+            return self.web.redirect(request, "")
+        return self.web.form_page(request, "login.html", username="", error="")
+
+    @_page
+    async def login(self, request: Request) -> Response:
+        form = await _form(request)
+        if not self.web.form_ok(request, form.get("csrf")):
+            return self._form_refused(request, "login.html")
+        username = form.get("username", "").strip()[:64]
+        password = form.get("password", "")[: MAX_PASSWORD + 1]
+        address = self.web.address(request)
+        keys = (f"account:{username.lower()}", f"address:{address}")
+        wait = self.throttle.retry_after(keys)
+        if wait > 0:
+            seconds = max(1, int(wait + 0.999))
+            response = self.web.form_page(
+                request, "login.html", 429, username=username,
+                error=f"Too many failed sign-ins. Try again in {seconds} s.",
+            )  # fmt: skip
+            response.headers["retry-after"] = str(seconds)
+            return response
+        account = await self.accounts.authenticate(username, password)
+        if account is None:
+            self.throttle.failed(keys)
+            log.info("console: failed sign-in as %r from %s", username, address)
+            return self.web.form_page(
+                request, "login.html", 401, username=username,
+                error="Wrong username or password.",
+            )  # fmt: skip
+        self.throttle.succeeded(keys)
+        await self.accounts.audit(username, "session.start", username, "", address)
+        cookie, _ = self.web.signer.issue(account)
+        signed_in = self.web.redirect(request, "")
+        self.web.set_session(request, signed_in, cookie)
+        return signed_in
+
+    @_page
+    async def logout(self, request: Request) -> Response:
+        visitor = await self.web.visitor(request)
+        if visitor is None:
+            response = self.web.redirect(request, "/login")
+            self.web.clear_session(request, response)
+            return response
+        form = await _form(request)
+        self.web.check_csrf(visitor, form.get("csrf") or request.headers.get("x-csrf-token"))
+        username = visitor.account.username
+        await self.accounts.end_sessions(username)
+        await self.accounts.audit(
+            username, "session.end", username, "signed out", self.web.address(request)
+        )
+        response = self.web.redirect(request, "/login")
+        self.web.clear_session(request, response)
+        return response
+
+    def _form_refused(self, request: Request, template: str) -> Response:
+        return self.web.form_page(
+            request, template, 403, username="",
+            error="This form expired or did not come from this server: try again.",
+        )  # fmt: skip
+
+    # -- pages that need a session ----------------------------------------------------------
+
+    async def _visitor(self, request: Request) -> Visitor | Response:
+        visitor = await self.web.visitor(request)
+        if visitor is not None:
+            return visitor
+        if not await self.accounts.has_admin():
+            return self.web.redirect(request, "/setup")
+        return self.web.redirect(request, "/login")
+
+    @_page
+    async def dashboard(self, request: Request) -> Response:
+        visitor = await self._visitor(request)
+        if isinstance(visitor, Response):
+            return visitor
+        reconciler = self.dataplane.reconciler
+        states: dict[str, int] = {state.value: 0 for state in ModelState}
+        failed = []
+        for name, model in sorted(reconciler.models.items()):
+            if model.reason and not model.versions:
+                states[ModelState.UNAVAILABLE.value] += 1
+                failed.append((name, "", model.reason))
+            for number, version in sorted(model.versions.items()):
+                states[version.state.value] += 1
+                if version.state is ModelState.UNAVAILABLE or version.reason:
+                    failed.append((name, str(number), version.reason))
+        repository = self.settings.repository
+        return self.web.render(
+            request, "dashboard.html", visitor,
+            page="dashboard",
+            server_version=__version__,
+            uptime=time.time() - self.started,
+            engines=self._engines,
+            devices=self._devices,
+            repository_path=str(repository.path),
+            repository_mode=repository.mode,
+            states={k: v for k, v in states.items() if v},
+            models=len(reconciler.models),
+            failed=failed[:10],
+        )  # fmt: skip
+
+    async def stream(self, request: Request) -> Response:
+        if await self.web.visitor(request) is None:
+            return Response(
+                "sign in first\n", status_code=401, media_type="text/plain",
+                headers=SECURITY_HEADERS,
+            )  # fmt: skip
+        return StreamingResponse(
+            self.live.events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    async def asset(self, request: Request) -> Response:
+        return self.assets.answer(request.path_params["file"], request.headers)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The urlencoded or multipart form of a console POST (text fields only)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
+        raise InvalidRequest(f"a console form is at most {MAX_FORM_BYTES} bytes")
+    try:
+        form = await request.form(max_files=0, max_fields=50)
+    except Exception as exc:  # python-multipart's and starlette's parse errors
+        raise InvalidRequest(f"the form could not be read: {exc}") from exc
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _sentence(message: str) -> str:
+    message = message[:1].upper() + message[1:]
+    return message if message.endswith(".") else message + "."
