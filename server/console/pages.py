@@ -24,7 +24,8 @@ from starlette.responses import Response, StreamingResponse
 
 from .. import __version__
 from ..auth.accounts import MAX_PASSWORD, Accounts
-from ..auth.sqlite import SQLiteFile
+from ..auth.guard import Guard
+from ..auth.store import Database
 from ..dataplane import DataPlane
 from ..errors import CinferError, InvalidRequest
 from ..http.access import Proxies
@@ -33,7 +34,10 @@ from ..http.routes import Access, Route
 from ..models import ModelState
 from ..settings import Settings
 from .live import Live
+from .models import ModelPages
 from .sessions import Sessions, Throttle
+from .tokens import TokenPages
+from .trying import TryPages, read_try_form
 from .web import PREFIX, SECURITY_HEADERS, Visitor, Web
 
 log = logging.getLogger("cinfer")
@@ -41,6 +45,7 @@ log = logging.getLogger("cinfer")
 STATIC = Path(__file__).parent / "static"
 ENGINES = ("onnxruntime", "onnxruntime-gpu", "openvino", "torch")
 MAX_FORM_BYTES = 64 * 1024
+AUDIT_PAGE = 100
 SESSION_KEY = "console-session"
 """The server key (auth/accounts.py) console cookies are signed with."""
 
@@ -63,6 +68,22 @@ def _page(handler: Callable[[Console, Request], Awaitable[Response]]) -> Any:
             )
             response.headers.update(exc.headers or {})
             return response
+
+    return run
+
+
+def _member(handler: Callable[[Console, Request, Visitor], Awaitable[Response]]) -> Any:
+    """A console page for signed-in users: the others are sent to sign in (or to set-up
+    while no admin exists)."""
+
+    @_page
+    @functools.wraps(handler)
+    async def run(self: Console, request: Request) -> Response:
+        visitor = await self.web.visitor(request)
+        if visitor is None:
+            has_admin = await self.accounts.has_admin()
+            return self.web.redirect(request, "/login" if has_admin else "/setup")
+        return await handler(self, request, visitor)
 
     return run
 
@@ -105,19 +126,22 @@ def _engines() -> list[tuple[str, str]]:
 class Console:
     """The web console: pages on the route table, over the core's DataPlane and accounts."""
 
-    def __init__(
-        self, settings: Settings, dataplane: DataPlane, database: SQLiteFile, owned: bool
-    ) -> None:
-        """`database` is the server's SQLite file: the guard's when tokens are on (`owned`
-        False), else one the console opens and closes itself."""
+    def __init__(self, settings: Settings, dataplane: DataPlane, guard: Guard | None) -> None:
+        """The console works on the guard's database when API tokens are on, else on one of
+        its own over the same file (``[auth] database``)."""
         self.settings = settings
         self.dataplane = dataplane
+        self.guard = guard
+        self.owned = guard is None
+        database = guard.database if guard is not None else Database(settings.auth.database)
         self.database = database
-        self.owned = owned
         self.accounts = Accounts(database)
         self.web = Web(self.accounts, Proxies(settings.auth.trusted_proxies))
         self.throttle = Throttle()
         self.live = Live(dataplane.reconciler)
+        self.model_pages = ModelPages(self.web, dataplane)
+        self.token_pages = TokenPages(self.web, database, guard)
+        self.try_pages = TryPages(self.web, dataplane)
         self.assets = Assets(STATIC)
         self.started = time.time()
         self._devices = _devices()
@@ -143,6 +167,16 @@ class Console:
             page("GET", "/login", self.login_page, "sign-in"),
             page("POST", "/login", self.login, "sign in", 400, 401, 403, 429),
             page("POST", "/logout", self.logout, "sign out (ends the account's sessions)", 403),
+            page("GET", "/models", self.models, "every model and version"),
+            page("GET", "/models/{model}", self.model, "one model", 404),
+            page("POST", "/models/{model}/reload", self.reload, "reload a model", 403, 404),
+            page("GET", "/models/{model}/try", self.try_form, "try a model", 404),
+            page("POST", "/models/{model}/try", self.try_run, "run one inference", 400, 403, 404),
+            page("GET", "/tokens", self.tokens, "the API tokens"),
+            page("POST", "/tokens", self.create_token, "create an API token", 400, 403, 409),
+            page("POST", "/tokens/{ref}/{action}", self.token_action,
+                 "pause, resume, revoke or delete an API token", 400, 403, 404),
+            page("GET", "/audit", self.audit, "the audit log"),
             Route("GET", f"{PREFIX}/live", self.stream, Access.PUBLIC,
                   "Console: the dashboard's live numbers (server-sent events)", tag="console",
                   media_type="text/event-stream", api=False, errors=(401,)),
@@ -276,19 +310,8 @@ class Console:
 
     # -- pages that need a session ----------------------------------------------------------
 
-    async def _visitor(self, request: Request) -> Visitor | Response:
-        visitor = await self.web.visitor(request)
-        if visitor is not None:
-            return visitor
-        if not await self.accounts.has_admin():
-            return self.web.redirect(request, "/setup")
-        return self.web.redirect(request, "/login")
-
-    @_page
-    async def dashboard(self, request: Request) -> Response:
-        visitor = await self._visitor(request)
-        if isinstance(visitor, Response):
-            return visitor
+    @_member
+    async def dashboard(self, request: Request, visitor: Visitor) -> Response:
         reconciler = self.dataplane.reconciler
         states: dict[str, int] = {state.value: 0 for state in ModelState}
         failed = []
@@ -313,6 +336,49 @@ class Console:
             states={k: v for k, v in states.items() if v},
             models=len(reconciler.models),
             failed=failed[:10],
+        )  # fmt: skip
+
+    @_member
+    async def models(self, request: Request, visitor: Visitor) -> Response:
+        return await self.model_pages.listing(request, visitor)
+
+    @_member
+    async def model(self, request: Request, visitor: Visitor) -> Response:
+        return await self.model_pages.detail(request, visitor)
+
+    @_member
+    async def reload(self, request: Request, visitor: Visitor) -> Response:
+        return await self.model_pages.reload(request, visitor, await _form(request))
+
+    @_member
+    async def try_form(self, request: Request, visitor: Visitor) -> Response:
+        return await self.try_pages.form(request, visitor)
+
+    @_member
+    async def try_run(self, request: Request, visitor: Visitor) -> Response:
+        return await self.try_pages.run(request, visitor, await read_try_form(request))
+
+    @_member
+    async def tokens(self, request: Request, visitor: Visitor) -> Response:
+        return await self.token_pages.listing(request, visitor)
+
+    @_member
+    async def create_token(self, request: Request, visitor: Visitor) -> Response:
+        return await self.token_pages.create(request, visitor, await _form(request))
+
+    @_member
+    async def token_action(self, request: Request, visitor: Visitor) -> Response:
+        return await self.token_pages.act(request, visitor, await _form(request))
+
+    @_member
+    async def audit(self, request: Request, visitor: Visitor) -> Response:
+        before = request.query_params.get("before", "")
+        if before and not before.isdigit():
+            raise InvalidRequest(f"before={before!r} is not an audit entry id")
+        entries = await self.accounts.audit_log(AUDIT_PAGE + 1, int(before) if before else None)
+        return self.web.render(
+            request, "audit.html", visitor, page="audit",
+            entries=entries[:AUDIT_PAGE], more=len(entries) > AUDIT_PAGE,
         )  # fmt: skip
 
     async def stream(self, request: Request) -> Response:

@@ -23,7 +23,6 @@ from typing import Any, cast
 from starlette.requests import Request
 
 from ..auth.guard import Guard
-from ..auth.store import Database
 from ..dataplane import DataPlane
 from ..errors import CinferError
 from ..prometheus import CONTENT_TYPE, Exposition, MetricsPort
@@ -85,10 +84,7 @@ def create_app(
     if settings.console.enabled:
         from ..console.pages import Console
 
-        if guard is not None:
-            console = Console(settings, dataplane, guard.database, owned=False)
-        else:
-            console = Console(settings, dataplane, Database(settings.auth.database), owned=True)
+        console = Console(settings, dataplane, guard)
         endpoints.append(console)
     declared = [route for endpoint in endpoints for route in endpoint.routes()]
     table = RouteTable(

@@ -1,5 +1,6 @@
 """The console in a real browser (chromium, driven by Playwright) against a real server:
-first-run set-up, the dashboard and its live charts, sign-out, sign-in.
+first-run set-up, the dashboard and its live charts, the models and a model, a token made
+and revoked in the console and the API's answers to it, the audit log, sign-out, sign-in.
 
 Every page is also photographed at 1280x800 and at 800 px wide; with CINFER_SCREENSHOTS set
 to a folder (docs/console/ for docs/console.md) the pictures are kept there.
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests import onnx_models
@@ -72,7 +76,7 @@ def photograph(page: object, shots: Path, name: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 800})  # type: ignore[attr-defined]
 
 
-def test_set_up_dashboard_sign_out_and_in(server: str, browser: object, shots: Path) -> None:
+def test_the_operators_story(server: str, browser: object, shots: Path) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
@@ -108,6 +112,49 @@ def test_set_up_dashboard_sign_out_and_in(server: str, browser: object, shots: P
     page.wait_for_selector("#charts .chart canvas")
     page.wait_for_selector("#queues tbody tr:nth-child(2)")
     photograph(page, shots, "dashboard")
+
+    page.get_by_role("link", name="Models").click()
+    page.wait_for_url(f"{server}/console/models")
+    assert "UNAVAILABLE" in page.inner_text("table.models")
+    photograph(page, shots, "models")
+    page.get_by_role("link", name="digits-like").click()
+    page.get_by_role("heading", name="digits-like").wait_for()
+    assert "INPUT0" in page.inner_text("main")
+    photograph(page, shots, "model")
+
+    # A token made in the console works on the API; revoked in the console, it does not.
+    page.get_by_role("link", name="Tokens").click()
+    page.get_by_label("Name", exact=True).fill("reader")
+    page.get_by_label("read", exact=True).check()  # beside infer, checked already
+    page.get_by_role("button", name="Create token").click()
+    secret = page.inner_text("#new-token")
+    assert secret.startswith("cinfer_")
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{server}/v2/models/digits-like", headers=bearer).status_code == 200
+    photograph(page, shots, "tokens")
+
+    # Try it: one inference from the page, and the three snippets work when pasted.
+    page.goto(f"{server}/console/models/digits-like")
+    page.get_by_role("link", name="Try it").click()
+    page.get_by_role("button", name="Run inference").click()
+    page.get_by_text("answered in").wait_for()
+    assert "OUTPUT0" in page.inner_text("#result")
+    photograph(page, shots, "try")
+    env = {**os.environ, "TOKEN": secret}
+    for number, command in [(1, ["bash", "-c"]), (2, [sys.executable, "-c"]),
+                            (3, [sys.executable, "-c"])]:  # fmt: skip
+        code = page.inner_text(f"#snippet-{number}")
+        assert "cinfer_" not in code  # a placeholder, never the secret
+        ran = subprocess.run([*command, code], env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, (code, ran.stdout, ran.stderr)
+        assert "OUTPUT0" in ran.stdout, (code, ran.stdout, ran.stderr)
+    page.goto(f"{server}/console/tokens")
+    page.get_by_role("button", name="Revoke reader").click()
+    page.get_by_text("revoked", exact=True).wait_for()
+    assert httpx.get(f"{server}/v2/models/digits-like", headers=bearer).status_code == 401
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_text("token.revoke").wait_for()
+    photograph(page, shots, "audit")
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{server}/console/login")
