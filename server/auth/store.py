@@ -349,6 +349,48 @@ class Database(SQLiteFile):
             for day, token_id, name, model_name, requests, errors, latency in rows
         ]
 
+    async def log_rows(
+        self,
+        since: float,
+        until: float,
+        *,
+        token: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[tuple[Any, ...]]:
+        """The usage log itself, newest first: (id, time, token id, token name, model,
+        version, status, latency in ms, client) rows; `before` a row id, for the next page;
+        `status` a code (404) or a class (4: every 4xx)."""
+        where = "l.time >= ? AND l.time < ?"
+        params: list[Any] = [since, until]
+        if token is not None:
+            where += " AND (l.token_id = ? OR t.name = ?)"
+            params += [token, token]
+        if model is not None:
+            where += " AND l.model = ?"
+            params.append(model)
+        if status is not None:
+            if status < 10:
+                where += " AND l.status >= ? AND l.status < ?"
+                params += [status * 100, status * 100 + 100]
+            else:
+                where += " AND l.status = ?"
+                params.append(status)
+        if before is not None:
+            where += " AND l.id < ?"
+            params.append(before)
+        with self._translate():
+            rows = await self.conn.execute_fetchall(
+                "SELECT l.id, l.time, l.token_id, t.name, l.model, l.version, l.status, "
+                "l.latency_ms, l.client FROM usage_log AS l "
+                f"LEFT JOIN tokens AS t ON t.id = l.token_id WHERE {where} "
+                "ORDER BY l.id DESC LIMIT ?",
+                [*params, limit],
+            )
+        return [tuple(row) for row in rows]
+
     async def refused(self, since: float, until: float) -> list[dict[str, Any]]:
         """Requests refused without a token, per UTC day, client address and status."""
         with self._translate():

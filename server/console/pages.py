@@ -38,6 +38,7 @@ from .models import ModelPages
 from .sessions import Sessions, Throttle
 from .tokens import TokenPages
 from .trying import TryPages, read_try_form
+from .usage import UsagePages
 from .web import PREFIX, SECURITY_HEADERS, Visitor, Web
 
 log = logging.getLogger("cinfer")
@@ -142,6 +143,7 @@ class Console:
         self.model_pages = ModelPages(self.web, dataplane)
         self.token_pages = TokenPages(self.web, database, guard)
         self.try_pages = TryPages(self.web, dataplane)
+        self.usage_pages = UsagePages(self.web, database, guard)
         self.assets = Assets(STATIC)
         self.started = time.time()
         self._devices = _devices()
@@ -176,6 +178,10 @@ class Console:
             page("POST", "/tokens", self.create_token, "create an API token", 400, 403, 409),
             page("POST", "/tokens/{ref}/{action}", self.token_action,
                  "pause, resume, revoke or delete an API token", 400, 403, 404),
+            page("GET", "/usage", self.usage, "the per-request usage log", 400),
+            Route("GET", f"{PREFIX}/usage.csv", self.usage_csv, Access.PUBLIC,
+                  "Console: the usage log as CSV", tag="console", media_type="text/csv",
+                  api=False, errors=(400,)),
             page("GET", "/audit", self.audit, "the audit log"),
             Route("GET", f"{PREFIX}/live", self.stream, Access.PUBLIC,
                   "Console: the dashboard's live numbers (server-sent events)", tag="console",
@@ -369,6 +375,14 @@ class Console:
     @_member
     async def token_action(self, request: Request, visitor: Visitor) -> Response:
         return await self.token_pages.act(request, visitor, await _form(request))
+
+    @_member
+    async def usage(self, request: Request, visitor: Visitor) -> Response:
+        return await self.usage_pages.listing(request, visitor)
+
+    @_member
+    async def usage_csv(self, request: Request, visitor: Visitor) -> Response:
+        return await self.usage_pages.export(request, visitor)
 
     @_member
     async def audit(self, request: Request, visitor: Visitor) -> Response:

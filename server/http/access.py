@@ -25,7 +25,7 @@ from ..auth.grant import MAX_CACHED, LeaseNeeded, UnknownToken
 from ..auth.guard import Guard
 from ..auth.tokens import contains, parse_address, parse_network
 from ..errors import CinferError, InvalidRequest, Unauthorized, show
-from .asgi import GRANT_KEY, STATUS_KEY, Message, Receive, Scope, Send, send_error
+from .asgi import ADDRESS_KEY, GRANT_KEY, STATUS_KEY, Message, Receive, Scope, Send, send_error
 from .routes import Found, RawEndpoint
 
 Run = Callable[[Found, Scope, Receive, Send], Awaitable[None]]
@@ -126,6 +126,7 @@ class Gate:
                      (time.perf_counter() - start) * 1000, address)
                 )  # fmt: skip
             return
+        scope[ADDRESS_KEY] = address
         status = 499  # nginx's "client closed request": the app never answered
 
         async def send_with_status(message: Message) -> None:

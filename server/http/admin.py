@@ -29,11 +29,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..auth import rights
+from ..auth.accounts import Accounts
 from ..auth.grant import Grant
 from ..auth.guard import Guard
 from ..auth.tokens import Token, TokenPatch, TokenSpec, validate
 from ..errors import Forbidden, InvalidRequest, NotFound, show
-from .asgi import GRANT_KEY
+from .asgi import ADDRESS_KEY, GRANT_KEY
 from .endpoints import read_body
 from .routes import Access, Route
 
@@ -49,12 +50,24 @@ class Admin:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.database = guard.database
+        self.accounts = Accounts(guard.database)
 
     def _token(self, token: Token, status: int = 200, plaintext: str | None = None) -> Response:
         body = self.guard.current(token).public(self.guard.clock())
         if plaintext is not None:
             body = {"token": plaintext, **body}
         return _json(body, status)
+
+    async def _audit(self, request: Request, action: str, token: Token, detail: str = "") -> None:
+        """The change in the audit log (docs/console.md), by the token that made it."""
+        caller = _caller(request)
+        await self.accounts.audit(
+            f"token {caller.name}" if caller is not None else "api",
+            action,
+            f"token {token.name} ({token.id})",
+            detail,
+            str(request.scope.get(ADDRESS_KEY, "")),
+        )
 
     async def create(self, request: Request) -> Response:
         spec = validate(TokenSpec, await _body(request), "token")
@@ -64,6 +77,7 @@ class Admin:
             _within(caller, rights.proposed(spec, blank, self.guard.clock()))
         token, plaintext = await self.database.create(spec)
         await self.guard.reload()
+        await self._audit(request, "token.create", token, ", ".join(spec.permissions))
         return self._token(token, 201, plaintext)
 
     async def list_tokens(self, request: Request) -> Response:
@@ -92,6 +106,8 @@ class Admin:
         await self._change(request, changes)
         token = await self.database.update(request.path_params["ref"], changes)
         await self.guard.reload()
+        changed = ", ".join(sorted(changes.model_fields_set))
+        await self._audit(request, "token.update", token, changed)
         return self._token(token)
 
     async def _change(self, request: Request, changes: TokenPatch) -> None:
@@ -105,6 +121,7 @@ class Admin:
         await self._visible(request)
         token = await self.database.delete(request.path_params["ref"])
         await self.guard.reload()
+        await self._audit(request, "token.delete", token)
         return _json({"deleted": token.id, "name": token.name})
 
     def _status_change(self, status: Any) -> Endpoint:
@@ -112,6 +129,8 @@ class Admin:
             await self._visible(request)
             token = await self.database.set_status(request.path_params["ref"], status)
             await self.guard.reload()
+            verb = {"paused": "pause", "active": "resume", "revoked": "revoke"}[status]
+            await self._audit(request, f"token.{verb}", token)  # the console's words
             return self._token(token)
 
         return change
@@ -124,7 +143,9 @@ class Admin:
                 f"API token {caller.name!r} has a monthly quota ({caller.quota}) and may not "
                 "reset usage: that would give quota back"
             )
-        return self._token(await self.guard.reset_usage(request.path_params["ref"]))
+        token = await self.guard.reset_usage(request.path_params["ref"])
+        await self._audit(request, "token.reset-usage", token)
+        return self._token(token)
 
     async def extend(self, request: Request) -> Response:
         body = await _body(request)
@@ -134,6 +155,7 @@ class Admin:
         await self._change(request, TokenPatch(expires=expires))
         token = await self.database.extend(request.path_params["ref"], expires)
         await self.guard.reload()
+        await self._audit(request, "token.extend", token, expires)
         return self._token(token)
 
     async def usage(self, request: Request) -> Response:
@@ -143,8 +165,8 @@ class Admin:
             raise InvalidRequest(f"unknown query parameter(s) {', '.join(sorted(unknown))}")
         now = self.guard.clock()
         days = self.guard.settings.log_retention_days
-        since = _day(query["since"], "since") if "since" in query else now - days * 86400
-        until = _day(query["until"], "until") + 86400 if "until" in query else now + 86400
+        since = day_start(query["since"], "since") if "since" in query else now - days * 86400
+        until = day_start(query["until"], "until") + 86400 if "until" in query else now + 86400
         await self.guard.flush()
         rows = await self.database.usage(
             since, until, token=query.get("token"), model=query.get("model")
@@ -214,7 +236,7 @@ async def _body(request: Request) -> Any:
     return data
 
 
-def _day(text: str, name: str) -> float:
+def day_start(text: str, name: str) -> float:
     """The UTC midnight starting the day `text` (``2026-11-30``) names; years 0001 to 9999,
     what a date holds (year 0 used to reach calendar.timegm and answer 500: issue 12,
     finding 4)."""

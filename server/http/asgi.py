@@ -20,6 +20,10 @@ GRANT_KEY = "cinfer.grant"
 filter by the caller's rights read."""
 """Set in the ASGI scope by the infer endpoint: the status it answered (for the usage log)."""
 
+ADDRESS_KEY = "cinfer.client"
+"""Set in the ASGI scope by the token check for routes other than infer: the client's address
+(X-Forwarded-For believed only from a trusted proxy), for the audit log."""
+
 SCOPE_KEY = "cinfer.infer"
 """Set in the ASGI scope after a successful infer: (model, version, rows), for the access log."""
 

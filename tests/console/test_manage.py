@@ -234,3 +234,80 @@ async def test_try_it_snippets_carry_a_placeholder_never_a_secret(tmp_path: Path
         assert all("TOKEN" in s for s in snippets)
         assert "cinfer_" not in page
         assert snippets[0].startswith("curl -s -X POST http://test/v2/models/m/infer")
+
+
+async def test_the_usage_page_filters_pages_and_exports_the_log(tmp_path: Path) -> None:
+    async with console_app(tmp_path, tokens=True) as (client, settings):
+        await set_up(client)
+        async with Database(settings.auth.database) as database:
+            from server.auth.tokens import TokenSpec
+
+            _, secret = await database.create(TokenSpec(name="app", scopes=["infer"]))
+        body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
+                            "data": [0.5] * 16}]}  # fmt: skip
+        api = httpx.AsyncClient(transport=client._transport, base_url="http://test")
+        async with api:
+            bearer = {"Authorization": f"Bearer {secret}"}
+            await api.post("/v2/models/m/infer", json=body, headers=bearer)  # the guard learns it
+            for _ in range(3):
+                assert (
+                    await api.post("/v2/models/m/infer", json=body, headers=bearer)
+                ).status_code == 200
+            bad = {
+                "inputs": [
+                    {"name": "INPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}
+                ]
+            }
+            assert (
+                await api.post("/v2/models/m/infer", json=bad, headers=bearer)
+            ).status_code == 400
+        page = await client.get("/console/usage")  # written at once: the page flushes first
+        assert page.status_code == 200
+        assert page.text.count("<td>app</td>") == 5
+        errors = await client.get("/console/usage?status=4xx&token=app")
+        assert errors.text.count("<td>app</td>") == 1 and ">400</td>" in errors.text
+        assert "No request matches." in (await client.get("/console/usage?model=zzz")).text
+        for query, reason in [
+            ("status=abc", "is a code (404) or a class (4xx)"),
+            ("since=2026-13-01", "is not a date"),
+            ("before=x", "not a row id"),
+        ]:
+            refused = await client.get(f"/console/usage?{query}")
+            assert refused.status_code == 400 and reason in html.unescape(refused.text), query
+        exported = await client.get("/console/usage.csv?token=app")
+        assert exported.status_code == 200
+        assert exported.headers["content-type"] == "text/csv; charset=utf-8"
+        assert "attachment" in exported.headers["content-disposition"]
+        lines = exported.text.strip().splitlines()
+        assert lines[0] == "id,time,token_id,token,model,version,status,latency_ms,client"
+        assert len(lines) == 1 + 5
+        assert sorted(line.split(",")[6] for line in lines[1:]) == ["200"] * 4 + ["400"]
+        anonymous = httpx.AsyncClient(transport=client._transport, base_url="http://test")
+        async with anonymous:
+            assert (await anonymous.get("/console/usage.csv")).status_code == 303
+
+
+async def test_token_changes_through_the_admin_api_are_audited_too(tmp_path: Path) -> None:
+    async with console_app(tmp_path, tokens=True) as (client, settings):
+        await set_up(client)
+        async with Database(settings.auth.database) as database:
+            from server.auth.tokens import TokenSpec
+
+            _, secret = await database.create(
+                TokenSpec(name="ops", scopes=["admin", "read", "infer"])
+            )
+        api = httpx.AsyncClient(transport=client._transport, base_url="http://test")
+        async with api:
+            bearer = {"Authorization": f"Bearer {secret}"}
+            made = await api.post("/admin/tokens", json={"name": "ci"}, headers=bearer)
+            assert made.status_code == 201
+            assert (await api.post("/admin/tokens/ci/pause", headers=bearer)).status_code == 200
+            assert (await api.delete("/admin/tokens/ci", headers=bearer)).status_code == 200
+        async with Database(settings.auth.database) as database:
+            log = await Accounts(database).audit_log()
+        done = [(e.actor, e.action, e.client) for e in log if e.target.startswith("token ci")]
+        assert done == [
+            ("token ops", "token.delete", "127.0.0.1"),
+            ("token ops", "token.pause", "127.0.0.1"),
+            ("token ops", "token.create", "127.0.0.1"),
+        ]

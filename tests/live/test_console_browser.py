@@ -152,6 +152,11 @@ def test_the_operators_story(server: str, browser: object, shots: Path) -> None:
     page.get_by_role("button", name="Revoke reader").click()
     page.get_by_text("revoked", exact=True).wait_for()
     assert httpx.get(f"{server}/v2/models/digits-like", headers=bearer).status_code == 401
+    page.get_by_role("link", name="Usage").click()
+    page.get_by_role("heading", name="Usage").wait_for()
+    assert "reader" in page.inner_text("table")  # the snippets' requests, and the 401
+    assert "401" in page.inner_text("table")
+    photograph(page, shots, "usage")
     page.get_by_role("link", name="Audit log").click()
     page.get_by_text("token.revoke").wait_for()
     photograph(page, shots, "audit")
