@@ -109,6 +109,9 @@ class ModelConfig(Strict):
     """Where the model runs: "cpu", "cuda" / "cuda:N" (NVIDIA, onnxruntime and torch), "auto"
     (the first GPU the engine can use, else CPU), or an OpenVINO device name as given ("GPU").
     A device that is not there makes the version UNAVAILABLE with the reason."""
+    enabled: bool = True
+    """false: the model is unpublished: its folder, files and history stay, nothing of it is
+    served (the console's unpublish writes this, so git shows it and restarts keep it)."""
     description: str = ""
     file: str | None = None
     """Model file inside each version folder; each engine has its default (model.onnx, ...)."""

@@ -246,6 +246,8 @@ class Reconciler:
             return self._unreadable(model, str(exc), time.perf_counter() - started)
         model.reason = ""
         model.description = source.config.description
+        if not source.config.enabled:
+            return self._unpublish(model, source)
 
         kept: dict[int, ModelVersion] = {}
         to_load: list[int] = []
@@ -300,6 +302,19 @@ class Reconciler:
         if to_load or retired:
             self._heap_changed()
         return outcome
+
+    def _unpublish(self, model: Model, source: ModelSource) -> Outcome:
+        """``enabled = false``: retire every version; the model stays listed, with why."""
+        model.reason = f"unpublished: enabled = false in {source.folder / 'model.toml'}"
+        retired = list(model.versions.values())
+        if retired:
+            log.info("model %s: unpublished (enabled = false), retiring its versions", model.name)
+        model.versions = {}
+        for version in retired:
+            self._retire(version, "unpublished")
+        if retired:
+            self._heap_changed()
+        return Outcome()
 
     def _unreadable(self, model: Model, reason: str, seconds: float) -> Outcome:
         """model.toml (or the folder) cannot be used: keep serving what serves."""

@@ -23,8 +23,11 @@ from ..dataplane import DataPlane
 from ..errors import CinferError, Forbidden, NotFound
 from ..models import Model, ModelState, ModelVersion
 from .live import quantile
+from .publish import set_enabled
 from .web import Visitor, Web
 
+UNPUBLISHED = "unpublished:"
+"""How the reconciler's reason for an ``enabled = false`` model begins."""
 STATES = tuple(state.value for state in ModelState if state is not ModelState.UNKNOWN)
 
 
@@ -154,6 +157,7 @@ class ModelPages:
             page="models", name=name, model=model, versions=versions,
             toml=highlight_toml(toml) if toml is not None else None,
             flash=request.query_params.get("done", ""),
+            unpublished=unpublished(model),
         )  # fmt: skip
 
     async def reload(self, request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
@@ -171,6 +175,37 @@ class ModelPages:
             raise
         await self.web.accounts.audit(visitor.account.username, "model.reload", name, "", address)
         return self.web.redirect(request, f"/models/{quote(name)}?done=reloaded")
+
+    async def set_published(
+        self, request: Request, visitor: Visitor, form: dict[str, str], published: bool
+    ) -> Response:
+        """Publish or unpublish: ``enabled`` in model.toml (publish.py), then a reload."""
+        verb = "publish" if published else "unpublish"
+        if not visitor.admin:
+            raise Forbidden(f"a viewer account cannot {verb} models")
+        self.web.check_csrf(visitor, form.get("csrf") or request.headers.get("x-csrf-token"))
+        name = request.path_params["model"]
+        if name not in self.dataplane.reconciler.models:
+            raise NotFound(f"no model {name!r} in the repository")
+        changed = await set_enabled(self.dataplane.reconciler.root / name, published)
+        address = self.web.address(request)
+        detail = ("" if published else "enabled = false") + ("" if changed else " (unchanged)")
+        try:
+            await self.dataplane.load_model(name, None)
+        except CinferError as exc:
+            await self.web.accounts.audit(
+                visitor.account.username, f"model.{verb}", name,
+                f"{detail.strip()}; load failed: {exc.message}", address,
+            )  # fmt: skip
+            raise
+        await self.web.accounts.audit(
+            visitor.account.username, f"model.{verb}", name, detail.strip(), address
+        )
+        return self.web.redirect(request, f"/models/{quote(name)}?done={verb}ed")
+
+
+def unpublished(model: Model) -> bool:
+    return model.reason.startswith(UNPUBLISHED)
 
 
 def _read_text(path: Path) -> str | None:

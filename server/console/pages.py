@@ -172,6 +172,10 @@ class Console:
             page("GET", "/models", self.models, "every model and version"),
             page("GET", "/models/{model}", self.model, "one model", 404),
             page("POST", "/models/{model}/reload", self.reload, "reload a model", 403, 404),
+            page("POST", "/models/{model}/unpublish", self.unpublish,
+                 "unpublish a model (enabled = false in its model.toml)", 400, 403, 404),
+            page("POST", "/models/{model}/publish", self.publish, "publish a model again",
+                 400, 403, 404),
             page("GET", "/models/{model}/try", self.try_form, "try a model", 404),
             page("POST", "/models/{model}/try", self.try_run, "run one inference", 400, 403, 404),
             page("GET", "/tokens", self.tokens, "the API tokens"),
@@ -355,6 +359,16 @@ class Console:
     @_member
     async def reload(self, request: Request, visitor: Visitor) -> Response:
         return await self.model_pages.reload(request, visitor, await _form(request))
+
+    @_member
+    async def unpublish(self, request: Request, visitor: Visitor) -> Response:
+        form = await _form(request)
+        return await self.model_pages.set_published(request, visitor, form, False)
+
+    @_member
+    async def publish(self, request: Request, visitor: Visitor) -> Response:
+        form = await _form(request)
+        return await self.model_pages.set_published(request, visitor, form, True)
 
     @_member
     async def try_form(self, request: Request, visitor: Visitor) -> Response:

@@ -25,8 +25,9 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 def repository(root: Path) -> Path:
     """A repository with model `m` (dense, INPUT0 -> OUTPUT0, [batch, 16])."""
     models = root / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    onnx_models.dense_folder(models, "m", TOML)
+    if not (models / "m").is_dir():  # a second start over the same root keeps what it finds
+        models.mkdir(parents=True, exist_ok=True)
+        onnx_models.dense_folder(models, "m", TOML)
     return models
 
 
