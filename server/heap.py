@@ -17,14 +17,17 @@ alive. Two changes take that away:
   rarely alive when it fills, so they are freed by reference counting instead of promoted.
 
 `Collector` also counts the collections and the time they held the event loop, for the
-``cinfer_gc_*`` metrics.
+``cinfer_gc_*`` metrics. `give_back_freed_memory` hands what an unloaded engine freed back to
+the operating system.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("cinfer")
@@ -84,3 +87,25 @@ class Collector:
         generation = info["generation"]
         self.collections[generation] += 1
         self.pause_seconds[generation] += time.perf_counter() - self._started
+
+
+def give_back_freed_memory() -> None:
+    """Blocking: return the heap's free memory to the OS (glibc's malloc_trim).
+
+    glibc keeps freed memory in its per-thread arenas; a model loaded and unloaded again and
+    again would otherwise leave the RSS at its high-water mark. See "Live repository" in
+    docs/performance.md for the measurements.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    return trim
+
+
+_malloc_trim = _libc_malloc_trim()

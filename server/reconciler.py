@@ -26,15 +26,13 @@ Every state change is logged on one line: model, version, old -> new state, dura
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ModelLoadError, NotFound
-from .heap import Collector
+from .heap import Collector, give_back_freed_memory
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
 from .repository import (
@@ -478,22 +476,7 @@ class Reconciler:
 def _close(pool: InstancePool) -> None:
     """Blocking: close a pool, then hand the memory its engine freed back to the OS."""
     pool.close()
-    if _malloc_trim is not None:
-        # glibc keeps freed memory in its per-thread arenas; a model loaded and unloaded
-        # again and again would otherwise leave the RSS at its high-water mark. See
-        # "Live repository" in docs/performance.md for the measurements.
-        _malloc_trim(0)
-
-
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        return None
-    return trim
-
-
-_malloc_trim = _libc_malloc_trim()
+    give_back_freed_memory()
 
 
 def _read(root: Path, name: str) -> tuple[ModelSource, dict[int, Fingerprint]]:
