@@ -39,7 +39,7 @@ from .sessions import Sessions, Throttle
 from .tokens import TokenPages
 from .trying import TryPages, read_try_form
 from .usage import UsagePages
-from .web import PREFIX, SECURITY_HEADERS, Visitor, Web
+from .web import PREFIX, SECURITY_HEADERS, Visitor, Web, read_form
 
 log = logging.getLogger("cinfer")
 
@@ -427,13 +427,7 @@ class Console:
 
 async def _form(request: Request) -> dict[str, str]:
     """The urlencoded or multipart form of a console POST (text fields only)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
-        raise InvalidRequest(f"a console form is at most {MAX_FORM_BYTES} bytes")
-    try:
-        form = await request.form(max_files=0, max_fields=50)
-    except Exception as exc:  # python-multipart's and starlette's parse errors
-        raise InvalidRequest(f"the form could not be read: {exc}") from exc
+    form = await read_form(request, MAX_FORM_BYTES, "a console form")
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 

@@ -29,7 +29,7 @@ from ..http.codec import decode_request
 from ..inference import InferResponse
 from ..model_config import TensorSpec
 from ..models import ModelVersion
-from .web import Visitor, Web
+from .web import Visitor, Web, read_form
 
 MAX_SHOWN = 64
 """Values of an output shown in its table row (the rest: "…")."""
@@ -289,13 +289,7 @@ def _with_files(
 
 async def read_try_form(request: Request) -> dict[str, Any]:
     """The try form: text fields as str, chosen files as bytes (at most MAX_TRY_BYTES)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_TRY_BYTES:
-        raise InvalidRequest(f"a try-it request is at most {MAX_TRY_BYTES} bytes")
-    try:
-        form = await request.form(max_files=16, max_fields=50)
-    except Exception as exc:  # python-multipart's and starlette's parse errors
-        raise InvalidRequest(f"the form could not be read: {exc}") from exc
+    form = await read_form(request, MAX_TRY_BYTES, "a try-it request", files=16)
     fields: dict[str, Any] = {}
     for key, value in form.items():
         if isinstance(value, UploadFile):

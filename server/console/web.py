@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import __version__
 from ..auth.accounts import Account, Accounts
-from ..errors import Forbidden
+from ..errors import Forbidden, InvalidRequest
 from ..http.access import Proxies
 from .sessions import COOKIE, FORM_COOKIE, Session, Sessions
 
@@ -187,3 +188,15 @@ class Web:
 
     def form_ok(self, request: Request, submitted: str | None) -> bool:
         return self.signer.form_ok(request.cookies.get(FORM_COOKIE), submitted)
+
+
+async def read_form(request: Request, limit: int, what: str, files: int = 0) -> FormData:
+    """A console POST's urlencoded or multipart form: 400 past `limit` bytes (`what` names the
+    form in the message) or when it cannot be parsed."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise InvalidRequest(f"{what} is at most {limit} bytes")
+    try:
+        return await request.form(max_files=files, max_fields=50)
+    except Exception as exc:  # python-multipart's and starlette's parse errors
+        raise InvalidRequest(f"the form could not be read: {exc}") from exc
