@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ from typing import TypeVar
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Debian's chromium, which the browser tests drive through Playwright (make test installs it)."""
 
 T = TypeVar("T")
 
@@ -124,3 +127,16 @@ def unread_bytes(port: int, client_ports: set[int]) -> int | None:
                     seen.add(peer)
                     pending += int(queues.split(":")[1], 16)
     return pending if seen == client_ports else None
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    """The apt chromium, launched through Playwright (no browser download is possible here)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()

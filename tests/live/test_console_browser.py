@@ -9,7 +9,6 @@ to a folder (docs/console/ for docs/console.md) the pictures are kept there.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,9 +19,7 @@ import pytest
 
 from tests import onnx_models
 from tests.console import PASSWORD, TOML
-from tests.live import live_server
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.live import CHROMIUM, chromium, live_server
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on this machine (make test installs it with apt)"
@@ -50,12 +47,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

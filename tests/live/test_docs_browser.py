@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,9 +11,7 @@ import pytest
 
 from tests import onnx_models
 from tests.auth.test_guard import TINY
-from tests.live import ROOT, live_server
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.live import CHROMIUM, ROOT, chromium, live_server
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on this machine (make test installs it with apt)"
@@ -39,12 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def test_the_docs_page_asks_for_a_token_then_lists_and_calls_the_api(
