@@ -297,7 +297,7 @@ class Reconciler:
             why = "replaced by a new load" if version.version in routed else "no longer selected"
             self._retire(version, why)
         outcome.serving = sorted(n for n, v in routed.items() if v.ready)
-        if to_load or retired:
+        if to_load:  # a retired version settles the heap itself, once it is unloaded
             self._heap_changed()
         return outcome
 
@@ -309,9 +309,7 @@ class Reconciler:
             log.info("model %s: unpublished (enabled = false), retiring its versions", model.name)
         model.versions = {}
         for version in retired:
-            self._retire(version, "unpublished")
-        if retired:
-            self._heap_changed()
+            self._retire(version, "unpublished")  # each settles the heap once unloaded
         return Outcome()
 
     def _unreadable(self, model: Model, reason: str, seconds: float) -> Outcome:
