@@ -218,6 +218,29 @@ def load_version(
     when the engine computes in threads of its own (affinity.py).
     """
     started = time.perf_counter()
+    engine, effective = open_engine(source, version)
+    config = source.config
+    loaded = ModelVersion(source.name, version, source.versions[version], effective)
+    pool = InstancePool(
+        loaded.label,
+        engine,
+        effective,
+        completions,
+        loop,
+        python_core if engine.own_threads else None,
+    )
+    pool.start(config.instances)
+    loaded.pool = pool
+    loaded.instance_stats = pool.stats
+    loaded.state = ModelState.READY
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def open_engine(source: ModelSource, version: int) -> tuple[Engine, ModelConfig]:
+    """Blocking: one version's engine, loaded, its schema resolved against the file's and
+    warmed up on every instance; with the effective config (the schema and device the engine
+    resolved). Raises ModelLoadError naming what failed. The caller closes the engine."""
     # Engines start their compute threads here; they must not inherit a pinned mask.
     affinity.release()
     config = source.config
@@ -261,21 +284,7 @@ def load_version(
     except BaseException:
         engine.close()
         raise
-    loaded = ModelVersion(source.name, version, folder, effective)
-    pool = InstancePool(
-        loaded.label,
-        engine,
-        effective,
-        completions,
-        loop,
-        python_core if engine.own_threads else None,
-    )
-    pool.start(config.instances)
-    loaded.pool = pool
-    loaded.instance_stats = pool.stats
-    loaded.state = ModelState.READY
-    loaded.load_seconds = time.perf_counter() - started
-    return loaded
+    return engine, effective
 
 
 def warmup_inputs(config: ModelConfig) -> dict[str, np.ndarray]:

@@ -104,6 +104,12 @@ class RepositorySettings(Section):
     settle_ms: int = Field(500, ge=0)
     """watch mode: a model folder is reloaded once no file in it has changed for this long,
     so a copy or `git pull` in progress is never loaded half-way."""
+    max_upload_mb: int = Field(2048, gt=0)
+    """The largest model archive the console and ``/admin/models`` take (docs/console.md)."""
+    max_unpacked_mb: int = Field(8192, gt=0)
+    """... the most its files may hold once unpacked (a zip bomb is refused before it is)."""
+    max_upload_files: int = Field(10_000, gt=0)
+    """... and the most files and folders it may hold."""
 
 
 class AuthSettings(Section):

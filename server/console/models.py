@@ -20,10 +20,11 @@ from starlette.responses import Response
 
 from ..counters import LATENCY_NS, sum_instances
 from ..dataplane import DataPlane
-from ..errors import CinferError, Forbidden, NotFound
+from ..errors import CinferError, Forbidden, InvalidRequest
+from ..manage.curator import Actor, Curator
 from ..models import Model, ModelState, ModelVersion
+from ..repository import version_folders
 from .live import quantile
-from .publish import set_enabled
 from .web import Visitor, Web
 
 UNPUBLISHED = "unpublished:"
@@ -111,9 +112,10 @@ def latency_rows(counts: list[int]) -> list[tuple[str, int]]:
 class ModelPages:
     """GET /console/models, GET /console/models/{model}, POST .../reload."""
 
-    def __init__(self, web: Web, dataplane: DataPlane) -> None:
+    def __init__(self, web: Web, dataplane: DataPlane, curator: Curator) -> None:
         self.web = web
         self.dataplane = dataplane
+        self.curator = curator
 
     async def listing(self, request: Request, visitor: Visitor) -> Response:
         name = request.query_params.get("name", "").strip()
@@ -126,13 +128,16 @@ class ModelPages:
         return self.web.render(
             request, "models.html", visitor,
             page="models", rows=rows, name=name, state=state, states=STATES,
+            deleted=request.query_params.get("deleted", ""),
         )  # fmt: skip
 
     async def detail(self, request: Request, visitor: Visitor) -> Response:
         name = request.path_params["model"]
-        model = self.dataplane.reconciler.models.get(name)
-        if model is None:
-            raise NotFound(f"no model {name!r} in the repository")
+        if name not in self.dataplane.reconciler.models:
+            # 404 unless its folder is there: a model just uploaded is, before the
+            # reconciler has read it.
+            self.curator.folder(name)
+        model = self.dataplane.reconciler.models.get(name) or Model(name)
         folder = self.dataplane.reconciler.root / name
         toml = await asyncio.to_thread(_read_text, folder / "model.toml")
         versions = []
@@ -157,6 +162,9 @@ class ModelPages:
             page="models", name=name, model=model, versions=versions,
             toml=highlight_toml(toml) if toml is not None else None,
             flash=request.query_params.get("done", ""),
+            moved_to=request.query_params.get("where", ""),
+            follow=_number(request.query_params.get("follow", "")),
+            on_disk=await asyncio.to_thread(_on_disk, folder),
             unpublished=unpublished(model),
         )  # fmt: skip
 
@@ -179,28 +187,16 @@ class ModelPages:
     async def set_published(
         self, request: Request, visitor: Visitor, form: dict[str, str], published: bool
     ) -> Response:
-        """Publish or unpublish: ``enabled`` in model.toml (publish.py), then a reload."""
+        """Publish or unpublish: ``enabled`` in model.toml, then a reload (the Curator's)."""
         verb = "publish" if published else "unpublish"
         if not visitor.admin:
             raise Forbidden(f"a viewer account cannot {verb} models")
         self.web.check_csrf(visitor, form.get("csrf") or request.headers.get("x-csrf-token"))
         name = request.path_params["model"]
-        if name not in self.dataplane.reconciler.models:
-            raise NotFound(f"no model {name!r} in the repository")
-        changed = await set_enabled(self.dataplane.reconciler.root / name, published)
-        address = self.web.address(request)
-        detail = ("" if published else "enabled = false") + ("" if changed else " (unchanged)")
-        try:
-            await self.dataplane.load_model(name, None)
-        except CinferError as exc:
-            await self.web.accounts.audit(
-                visitor.account.username, f"model.{verb}", name,
-                f"{detail.strip()}; load failed: {exc.message}", address,
-            )  # fmt: skip
-            raise
-        await self.web.accounts.audit(
-            visitor.account.username, f"model.{verb}", name, detail.strip(), address
-        )
+        actor = Actor(visitor.account.username, self.web.address(request))
+        edit = await self.curator.set_published(name, published, actor)
+        if edit.load_error:
+            raise InvalidRequest(edit.load_error)
         return self.web.redirect(request, f"/models/{quote(name)}?done={verb}ed")
 
 
@@ -213,3 +209,15 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(errors="replace")
     except OSError:
         return None
+
+
+def _number(text: str) -> int | None:
+    return int(text) if text.isdigit() and text.isascii() else None
+
+
+def _on_disk(folder: Path) -> list[int]:
+    """The version folders on disk, newest first (what the delete form offers)."""
+    try:
+        return sorted(version_folders(folder), reverse=True)
+    except OSError:
+        return []

@@ -31,8 +31,10 @@ from ..errors import CinferError, InvalidRequest
 from ..http.access import Proxies
 from ..http.endpoints import Assets
 from ..http.routes import Access, Route
+from ..manage.curator import Curator
 from ..models import ModelState
 from ..settings import Settings
+from .changes import ChangePages
 from .live import Live
 from .models import ModelPages
 from .sessions import Sessions, Throttle
@@ -140,7 +142,9 @@ class Console:
         self.web = Web(self.accounts, Proxies(settings.auth.trusted_proxies))
         self.throttle = Throttle()
         self.live = Live(dataplane.reconciler)
-        self.model_pages = ModelPages(self.web, dataplane)
+        self.curator = Curator(dataplane, settings.repository, self.accounts)
+        self.model_pages = ModelPages(self.web, dataplane, self.curator)
+        self.change_pages = ChangePages(self.web, self.curator)
         self.token_pages = TokenPages(self.web, database, guard)
         self.try_pages = TryPages(self.web, dataplane)
         self.usage_pages = UsagePages(self.web, database, guard)
@@ -162,6 +166,7 @@ class Console:
                 errors=errors,
             )
 
+        changes = self.change_pages
         return [
             page("GET", "", self.dashboard, "the dashboard"),
             page("GET", "/setup", self.setup_page, "first-run set-up (while no admin exists)"),
@@ -176,6 +181,18 @@ class Console:
                  "unpublish a model (enabled = false in its model.toml)", 400, 403, 404),
             page("POST", "/models/{model}/publish", self.publish, "publish a model again",
                  400, 403, 404),
+            page("GET", "/upload", self._signed_in(changes.upload_page), "the upload form"),
+            page("POST", "/upload", self._signed_in(changes.upload),
+                 "upload a model or a version (checked in staging first)", 400, 403, 404, 409,
+                 413),
+            page("GET", "/models/{model}/versions/{version}/state", self._signed_in(changes.state),
+                 "a version's state (the upload page follows it)"),
+            page("GET", "/models/{model}/edit", self._signed_in(changes.edit_page),
+                 "the model's settings and model.toml", 404),
+            page("POST", "/models/{model}/edit", self._signed_in(changes.edit),
+                 "change the model's settings or model.toml", 400, 403, 404),
+            page("POST", "/models/{model}/delete", self._signed_in(changes.delete),
+                 "delete a version or the model (moved aside)", 400, 403, 404),
             page("GET", "/models/{model}/try", self.try_form, "try a model", 404),
             page("POST", "/models/{model}/try", self.try_run, "run one inference", 400, 403, 404),
             page("GET", "/tokens", self.tokens, "the API tokens"),
@@ -196,9 +213,19 @@ class Console:
                   errors=(404,)),
         ]  # fmt: skip
 
+    def _signed_in(self, handler: Callable[[Request, Visitor], Awaitable[Response]]) -> Handler:
+        """`handler` as a console endpoint for signed-in users (`_member`'s rules)."""
+
+        @_member
+        async def run(console: Console, request: Request, visitor: Visitor) -> Response:
+            return await handler(request, visitor)
+
+        return functools.partial(run, self)
+
     async def start(self) -> None:
         if self.owned:
             await self.database.open()
+        await self.curator.start()
         key = await self.accounts.key(SESSION_KEY)
         console = self.settings.console
         self.web.sessions = Sessions(
@@ -213,6 +240,7 @@ class Console:
 
     async def stop(self) -> None:
         await self.live.stop()
+        await self.curator.stop()
         if self.owned:
             await self.database.close()
 

@@ -22,9 +22,11 @@ from typing import Any, cast
 
 from starlette.requests import Request
 
+from ..auth.accounts import Accounts
 from ..auth.guard import Guard
 from ..dataplane import DataPlane
 from ..errors import CinferError
+from ..manage.curator import Curator
 from ..prometheus import CONTENT_TYPE, Exposition, MetricsPort
 from ..settings import Settings
 from .access import Gate
@@ -33,6 +35,7 @@ from .admin import Admin
 from .asgi import ASGIApp, Receive, Scope, Send, send_error
 from .endpoints import Docs, Health, Inference, Metadata, Metrics, Repository
 from .infer import InferEndpoint
+from .models_admin import ModelAdmin
 from .routes import Found, RawEndpoint, RequestEndpoint, Route, RouteTable
 
 log = logging.getLogger("cinfer")
@@ -78,14 +81,21 @@ def create_app(
     ]
     if settings.metrics.enabled and not settings.metrics.port:
         endpoints.append(Metrics(exposition.render, CONTENT_TYPE))
-    if guard is not None:
-        endpoints.append(Admin(guard))
     console = None
     if settings.console.enabled:
         from ..console.pages import Console
 
         console = Console(settings, dataplane, guard)
         endpoints.append(console)
+    curator = None
+    if guard is not None:
+        # One Curator for the console and /admin/models: changes to a model are serialised.
+        curator = (
+            console.curator
+            if console is not None
+            else Curator(dataplane, settings.repository, Accounts(guard.database))
+        )
+        endpoints += [Admin(guard), ModelAdmin(curator)]
     declared = [route for endpoint in endpoints for route in endpoint.routes()]
     table = RouteTable(
         [*declared, *routes], public_metadata=guard.public_metadata if guard else False
@@ -104,11 +114,15 @@ def create_app(
             await metrics_port.start()
         if console is not None:
             await console.start()
+        elif curator is not None:
+            await curator.start()
 
     async def stop() -> None:
         try:
             if console is not None:
                 await console.stop()
+            elif curator is not None:
+                await curator.stop()
             if metrics_port is not None:
                 await metrics_port.stop()
             await dataplane.stop()

@@ -160,6 +160,12 @@ def operation(route: Route, schemas: Schemas, tokens: bool) -> dict[str, Any]:
         if route.access is Access.INFER:
             content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
         op["requestBody"] = {"required": route.access is Access.INFER, "content": content}
+    elif route.content:
+        raw = {"type": "string", "format": "binary"}
+        op["requestBody"] = {
+            "required": True,
+            "content": {m: {"schema": raw} for m in route.content},
+        }
     answer = route.answer
     if route.media_type == "application/json":
         schema = schemas.of(answer) if answer is not None else {"type": "object"}
@@ -172,7 +178,7 @@ def operation(route: Route, schemas: Schemas, tokens: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {str(route.status): success}
     error = schemas.of(wire.ErrorResponse)
     statuses = set(route.errors)
-    if route.body is not None:
+    if route.body is not None or route.content:
         statuses |= {400, 413}
     if tokens and route.access is not Access.PUBLIC:
         statuses |= {401, 403, 429}

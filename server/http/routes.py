@@ -78,6 +78,8 @@ class Route:
     """The 200 answer's media type; JSON answers are documented with `answer`."""
     query: tuple[str, ...] = ()
     """Optional query parameters it reads (documented as strings)."""
+    content: tuple[str, ...] = ()
+    """Media types of a raw request body (an archive, a TOML file), documented as such."""
     api: bool = True
     """Part of the API, in the OpenAPI document; False for pages people use in a browser
     (the console), which answer HTML and are documented in docs/console.md."""

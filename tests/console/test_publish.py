@@ -1,5 +1,5 @@
 """Publish and unpublish: ``enabled = false`` in model.toml, kept across restarts, served
-nothing meanwhile, and the file otherwise as it was (server/console/publish.py)."""
+nothing meanwhile, and the file otherwise as it was (server/manage/toml_text.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.console.publish import with_enabled
+from server.manage.toml_text import with_enabled
 from tests.console import console_app, csrf, set_up
 
 pytestmark = pytest.mark.anyio

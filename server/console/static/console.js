@@ -102,5 +102,49 @@
     }
   });
 
+  // The upload form: sent by XMLHttpRequest for its progress bar; the server answers JSON
+  // ({"location"} to follow the new version, or {"error"}). Without script the form posts.
+  function upload() {
+    const form = document.getElementById("upload-form");
+    if (!form) return;
+    const bar = document.getElementById("upload-progress");
+    const status = document.getElementById("upload-status");
+    const error = document.getElementById("upload-error");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const button = form.querySelector("button[type=submit]");
+      const request = new XMLHttpRequest();
+      request.open("POST", form.action);
+      request.setRequestHeader("X-Requested-With", "cinfer-console");
+      request.upload.addEventListener("progress", function (e) {
+        if (!e.lengthComputable) return;
+        bar.value = Math.round((100 * e.loaded) / e.total);
+        status.textContent = bar.value < 100
+          ? "Uploading… " + bar.value + " %"
+          : "Uploaded. Checking the archive, loading the model in staging, trying one inference…";
+      });
+      request.addEventListener("load", function () {
+        let answer = {};
+        try { answer = JSON.parse(request.responseText); } catch (e) { answer = {}; }
+        if (answer.location) { window.location.assign(answer.location); return; }
+        error.textContent = answer.error || ("The upload failed (HTTP " + request.status + ").");
+        error.hidden = false;
+        status.textContent = "Nothing was added to the repository.";
+        button.disabled = false;
+      });
+      request.addEventListener("error", function () {
+        error.textContent = "The connection failed during the upload: nothing was added.";
+        error.hidden = false;
+        button.disabled = false;
+      });
+      error.hidden = true;
+      bar.hidden = false;
+      bar.value = 0;
+      button.disabled = true;
+      request.send(new FormData(form));
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", live);
+  document.addEventListener("DOMContentLoaded", upload);
 })();
