@@ -1,6 +1,6 @@
-"""The console's API tokens pages: every token with its limits, use and state; create one (its
-secret shown once), pause, resume, revoke, delete; one token's page, with a form that changes
-its limits.
+"""The console's API tokens pages: every token with its limits, use and state, and a chart of
+requests per day; create one (its secret shown once), pause, resume, revoke, delete; one
+token's page, with its own chart and a form that changes its limits.
 
 It works on the same token records as `cinfer tokens` and ``/admin/tokens`` (auth/store.py),
 changes them the same way (a `TokenPatch` through `Database.update`, as PATCH /admin/tokens)
@@ -29,6 +29,7 @@ from ..auth.tokens import (
     validate,
 )
 from ..errors import Conflict, Forbidden, InvalidRequest
+from . import daily
 from .web import Visitor, Web
 
 ACTIONS: dict[str, Status | None] = {
@@ -138,10 +139,12 @@ class TokenPages:
         created: tuple[dict[str, Any], str] | None = None,
     ) -> Response:
         tokens = [self._shown(t) for t in await self.database.tokens()]
+        days, rows = await self._usage(None)
         return self.web.render(
             request, "tokens.html", visitor, status,
             page="tokens", tokens=tokens, error=error, created=created,
             permissions=PERMISSIONS, enforced=self.guard is not None,
+            chart=daily.per_token(rows, days),
         )  # fmt: skip
 
     async def detail(
@@ -152,14 +155,16 @@ class TokenPages:
         error: str = "",
         form: dict[str, str] | None = None,
     ) -> Response:
-        """One token: its fields (never a secret), and the form that edits it."""
+        """One token: its fields (never a secret), its chart, and the form that edits it."""
         token = await self.database.find(request.path_params["ref"])
+        days, rows = await self._usage(token.id)
         return self.web.render(
             request, "token.html", visitor, status,
             page="tokens", token=self._shown(token), error=error,
             form=form_of(token) if form is None else form,
             flash=request.query_params.get("done", ""),
             permissions=PERMISSIONS, enforced=self.guard is not None,
+            chart=daily.requests_and_errors(rows, days),
         )  # fmt: skip
 
     async def update(self, request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
@@ -178,6 +183,13 @@ class TokenPages:
         changed = ", ".join(sorted(changes.model_fields_set))
         await self._audit(request, visitor, "token.update", token, changed)
         return self.web.redirect(request, f"/tokens/{token.id}?done=updated")
+
+    async def _usage(self, token: str | None) -> tuple[list[str], list[dict[str, Any]]]:
+        """The chart's days, and the usage log's rows for them (all tokens' or one's)."""
+        if self.guard is not None:
+            await self.guard.flush()  # the requests of a moment ago are counted in memory
+        days, since, until = daily.window(self.database.clock())
+        return days, await self.database.usage(since, until, token=token)
 
     async def create(self, request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
         self._may_change(request, visitor, form)

@@ -1,6 +1,6 @@
 """A token's console page: its limits changed by an admin hold on the API at once (the same
 TokenPatch path as PATCH /admin/tokens), refused for viewers, forged forms and bad fields
-with nothing changed, and audited.
+with nothing changed, audited; and the requests-per-day charts count the requests made.
 
 In process like test_manage.py, and the main story once more against a real server process
 on a free port."""
@@ -8,7 +8,9 @@ on a free port."""
 from __future__ import annotations
 
 import html
+import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 
 from server.auth.accounts import Accounts
 from server.auth.store import Database
+from server.console import daily
 from tests import onnx_models
 from tests.console import PASSWORD, TOML, console_app, csrf, set_up
 from tests.console.test_manage import viewer_client
@@ -26,6 +29,9 @@ pytestmark = pytest.mark.anyio
 
 INFER = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
                      "data": [0.5] * 16}]}  # fmt: skip
+WRONG = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 3],
+                     "data": [1, 2, 3]}]}  # fmt: skip
+CHART = re.compile(r'<script type="application/json" id="daily-data">(.*?)</script>', re.S)
 UNCHANGED = {"scope_infer": "1", "models": "", "ips": "", "rate_limit": "0",
              "monthly_quota": "0", "expires": "never", "remark": ""}  # fmt: skip
 """The edit form of a token made by `make_token`, as its page shows it."""
@@ -42,6 +48,24 @@ async def make_token(client: httpx.AsyncClient, name: str) -> tuple[str, dict[st
     assert secret, made.text
     token_id = secret.group(1).split("_")[1]
     return token_id, {"Authorization": f"Bearer {secret.group(1)}"}
+
+
+def chart(page: httpx.Response) -> dict[str, Any]:
+    found = CHART.search(page.text)
+    assert found, f"no chart data in the page:\n{page.text[-2000:]}"
+    data: dict[str, Any] = json.loads(found.group(1))
+    return data
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def on(data: dict[str, Any], label: str, day: str) -> int:
+    """The count of series `label` on `day` in a page's chart data."""
+    series = {s["label"]: s["values"] for s in data["series"]}
+    count: int = dict(zip(data["days"], series[label], strict=True))[day]
+    return count
 
 
 async def stored(settings: Any, ref: str) -> dict[str, Any]:
@@ -222,6 +246,51 @@ async def test_a_revoked_token_shows_no_form_and_takes_no_change(tmp_path: Path)
         assert (await stored(settings, ref))["rate_limit"] == 0
 
 
+async def test_the_charts_count_each_tokens_requests_per_day(tmp_path: Path) -> None:
+    async with console_app(tmp_path, tokens=True) as (client, _):
+        await set_up(client)
+        app, app_bearer = await make_token(client, "app")
+        ops, ops_bearer = await make_token(client, "ops")
+        listing = await client.get("/console/tokens")
+        assert "No request with a token in the last 30 days." in listing.text
+        assert not CHART.search(listing.text)
+        page = await client.get(f"/console/tokens/{app}")
+        assert "No request with this token in the last 30 days." in page.text
+        api = httpx.AsyncClient(transport=client._transport, base_url="http://test")
+        async with api:
+            for body in [INFER, INFER, INFER, WRONG]:
+                await api.post("/v2/models/m/infer", json=body, headers=app_bearer)
+            assert (
+                await api.post("/v2/models/m/infer", json=INFER, headers=ops_bearer)
+            ).status_code == 200
+        day = today()
+        data = chart(await client.get("/console/tokens"))  # flushed first: counted at once
+        assert len(data["days"]) == 30 and data["days"][-1] == day
+        assert [s["label"] for s in data["series"]] == ["app", "ops"]  # busiest first
+        assert (on(data, "app", day), on(data, "ops", day), data["total"]) == (4, 1, 5)
+        assert sum(data["series"][0]["values"]) == 4  # the other 29 days are 0, not missing
+        one = chart(await client.get(f"/console/tokens/{app}"))
+        assert (on(one, "requests", day), on(one, "errors", day)) == (4, 1)
+        assert on(chart(await client.get(f"/console/tokens/{ops}")), "errors", day) == 0
+        assert "Over 30 days: app 4, ops 1." in (await client.get("/console/tokens")).text
+
+
+def test_the_busiest_eight_tokens_are_drawn_and_the_rest_summed() -> None:
+    days, _, _ = daily.window(datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp())
+    assert (days[0], days[-1], len(days)) == ("2026-11-01", "2026-11-30", 30)
+    rows = [{"day": days[n % 2 - 2], "token_id": f"{n:012x}", "token_name": f"t{n}",
+             "model": "m", "requests": n, "errors": 0} for n in range(1, 12)]  # fmt: skip
+    rows.append({"day": days[-1], "token_id": "0123456789ab", "token_name": None,
+                 "model": "m", "requests": 1, "errors": 0})  # fmt: skip
+    drawn = daily.per_token(rows, days)
+    labels = [s["label"] for s in drawn["series"]]
+    assert labels == ["t11", "t10", "t9", "t8", "t7", "t6", "t5", "t4", "other"]
+    other = drawn["series"][-1]
+    # t2 the day before; t1, t3 and the deleted token's rows (they outlive it) the last day
+    assert other["values"][-2:] == [2, 1 + 3 + 1]
+    assert drawn["total"] == sum(range(1, 12)) + 1 and len(other["values"]) == 30
+
+
 async def test_without_api_tokens_the_pages_still_work_on_the_database(tmp_path: Path) -> None:
     async with console_app(tmp_path) as (client, _):
         await set_up(client)
@@ -233,11 +302,12 @@ async def test_without_api_tokens_the_pages_still_work_on_the_database(tmp_path:
         )
         assert done.status_code == 303
         assert 'value="9"' in (await client.get(done.headers["location"])).text
+        assert "No request with a token" in (await client.get("/console/tokens")).text
 
 
 def test_the_story_against_a_real_server(tmp_path: Path) -> None:
     """Over HTTP to `python -m server` on a free port: a quota set on the page refuses the
-    next real infer request."""
+    next real infer request, and the chart counts the requests that were served."""
     models = tmp_path / "models"
     onnx_models.dense_folder(models, "m", TOML)
     env = {
@@ -260,8 +330,12 @@ def test_the_story_against_a_real_server(tmp_path: Path) -> None:
         for _ in range(3):
             assert httpx.post(infer, json=INFER, headers=bearer).status_code == 200
         page = console.get(f"/console/tokens/{ref}")
+        assert on(chart(page), "requests", today()) == 3
         done = console.post(f"/console/tokens/{ref}",
                             data={"csrf": csrf(page), **UNCHANGED, "monthly_quota": "3"})  # fmt: skip
         assert done.status_code == 303
         refused = httpx.post(infer, json=INFER, headers=bearer)
         assert refused.status_code == 429 and "monthly quota of 3" in refused.text
+        # The refusal is a request too, and an error, on the day it was made.
+        assert on(chart(console.get("/console/tokens")), "app", today()) == 4
+        assert on(chart(console.get(f"/console/tokens/{ref}")), "errors", today()) == 1
