@@ -197,6 +197,9 @@ class Console:
             page("POST", "/models/{model}/try", self.try_run, "run one inference", 400, 403, 404),
             page("GET", "/tokens", self.tokens, "the API tokens"),
             page("POST", "/tokens", self.create_token, "create an API token", 400, 403, 409),
+            page("GET", "/tokens/{ref}", self.token, "one API token, its limits and use", 404),
+            page("POST", "/tokens/{ref}", self.update_token, "change an API token's limits",
+                 400, 403, 404, 409),
             page("POST", "/tokens/{ref}/{action}", self.token_action,
                  "pause, resume, revoke or delete an API token", 400, 403, 404),
             page("GET", "/usage", self.usage, "the per-request usage log", 400),
@@ -413,6 +416,14 @@ class Console:
     @_member
     async def create_token(self, request: Request, visitor: Visitor) -> Response:
         return await self.token_pages.create(request, visitor, await _form(request))
+
+    @_member
+    async def token(self, request: Request, visitor: Visitor) -> Response:
+        return await self.token_pages.detail(request, visitor)
+
+    @_member
+    async def update_token(self, request: Request, visitor: Visitor) -> Response:
+        return await self.token_pages.update(request, visitor, await _form(request))
 
     @_member
     async def token_action(self, request: Request, visitor: Visitor) -> Response:

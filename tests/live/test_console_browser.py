@@ -1,6 +1,7 @@
 """The console in a real browser (chromium, driven by Playwright) against a real server:
-first-run set-up, the dashboard and its live charts, the models and a model, a token made
-and revoked in the console and the API's answers to it, the audit log, sign-out, sign-in.
+first-run set-up, the dashboard and its live charts, the models and a model, a token made,
+its requests charted, its limits changed and the token revoked in the console and the API's
+answers to it, the audit log, sign-out, sign-in.
 
 Every page is also photographed at 1280x800 and at 800 px wide; with CINFER_SCREENSHOTS set
 to a folder (docs/console/ for docs/console.md) the pictures are kept there.
@@ -141,6 +142,19 @@ def test_the_operators_story(server: str, browser: object, shots: Path) -> None:
         ran = subprocess.run([*command, code], env=env, capture_output=True, text=True, timeout=120)
         assert ran.returncode == 0, (code, ran.stdout, ran.stderr)
         assert "OUTPUT0" in ran.stdout, (code, ran.stdout, ran.stderr)
+    # The snippets' requests are on the tokens page's chart and on the token's own, whose
+    # form changes its limits.
+    page.goto(f"{server}/console/tokens")
+    page.wait_for_selector(".daily-chart canvas")
+    photograph(page, shots, "tokens-chart")
+    page.get_by_role("link", name="reader", exact=True).click()
+    page.get_by_role("heading", name="reader").wait_for()
+    page.wait_for_selector(".daily-chart canvas")
+    page.get_by_label("Rate limit").fill("600")
+    page.get_by_role("button", name="Save changes").click()
+    page.get_by_text("Saved:").wait_for()
+    assert page.get_by_label("Rate limit").input_value() == "600"
+    photograph(page, shots, "token")
     page.goto(f"{server}/console/tokens")
     page.get_by_role("button", name="Revoke reader").click()
     page.get_by_text("revoked", exact=True).wait_for()

@@ -84,6 +84,41 @@
     source.addEventListener("error", function () { state.textContent = "reconnecting…"; state.classList.remove("on"); });
   }
 
+  // Requests per UTC day (the tokens pages): the numbers come in a JSON block beside the
+  // chart (console/daily.py), one series per token, or a token's requests and errors.
+  function daily() {
+    if (typeof uPlot === "undefined") return;
+    const colours = ["#2457c5", "#b3261e", "#1f7a3a", "#8a5a00", "#6f42c1", "#00838f",
+      "#c2185b", "#5d4037", "#5d6678"];
+    const made = [];
+    document.querySelectorAll(".daily-chart").forEach(function (el) {
+      const chart = JSON.parse(document.getElementById(el.dataset.source).textContent);
+      const opts = {
+        width: Math.max(240, el.clientWidth),
+        height: 220,
+        legend: { live: false },
+        // The days are UTC days: label them so, whatever the browser's time zone.
+        tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
+        scales: {
+          x: { time: true },
+          y: { range: function (u, min, max) { return [0, Math.max(1, (max || 0) * 1.15)]; } },
+        },
+        series: [{}].concat(chart.series.map(function (s, i) {
+          return { label: s.label, stroke: colours[i % colours.length], width: 1.5,
+            points: { show: true, size: 4 } };
+        })),
+        // Whole requests on the y axis: no 0.5 steps.
+        axes: [{}, { size: 50, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3,
+          1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8, 1e9] }],
+      };
+      const data = [chart.x].concat(chart.series.map(function (s) { return s.values; }));
+      made.push({ el: el, plot: new uPlot(opts, data, el) });
+    });
+    window.addEventListener("resize", function () {
+      made.forEach(function (c) { c.plot.setSize({ width: Math.max(240, c.el.clientWidth), height: 220 }); });
+    });
+  }
+
   // Copy buttons: data-copy names the element whose text is copied.
   document.addEventListener("click", function (event) {
     const button = event.target.closest("[data-copy]");
@@ -147,4 +182,5 @@
 
   document.addEventListener("DOMContentLoaded", live);
   document.addEventListener("DOMContentLoaded", upload);
+  document.addEventListener("DOMContentLoaded", daily);
 })();
