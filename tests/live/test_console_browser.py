@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SIZES = {"wide": (1280, 800), "narrow": (800, 900)}
+ADDER = 'description = "A + B and A - B"\nengine = "onnxruntime"\nmax_batch_size = 8\n'
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     with live_server(root, env=env) as (url, _):
         yield url
+
+
+@pytest.fixture(scope="module")
+def adder_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zipped model folder to upload: adder/model.toml, adder/1/model.onnx (A + B, A - B)."""
+    tmp = tmp_path_factory.mktemp("upload")
+    built = onnx_models.add_sub(tmp / "built" / "model.onnx")
+    path = tmp / "adder.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("adder/model.toml", ADDER)
+        archive.write(built, "adder/1/model.onnx")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +84,7 @@ def photograph(page: object, shots: Path, name: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 800})  # type: ignore[attr-defined]
 
 
-def test_the_operators_story(server: str, browser: object, shots: Path) -> None:
+def test_the_operators_story(server: str, browser: object, shots: Path, adder_zip: Path) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
@@ -115,6 +129,28 @@ def test_the_operators_story(server: str, browser: object, shots: Path) -> None:
     page.get_by_role("heading", name="digits-like").wait_for()
     assert "INPUT0" in page.inner_text("main")
     photograph(page, shots, "model")
+
+    # Upload a zipped model: checked in staging, published, followed until READY.
+    page.get_by_role("navigation").get_by_role("link", name="Models").click()
+    page.get_by_role("link", name="Upload a model").click()
+    page.get_by_role("heading", name="Upload a model").wait_for()
+    page.get_by_label("Model name").fill("adder")
+    page.get_by_label("Archive").set_input_files(str(adder_zip))
+    photograph(page, shots, "upload")
+    page.get_by_role("button", name="Upload and check").click()
+    page.wait_for_url(f"{server}/console/models/adder?follow=1")
+    page.wait_for_selector('#follow [data-state="READY"]')
+    assert "A + B and A - B" in page.inner_text("main")
+    photograph(page, shots, "uploaded")
+    page.get_by_role("link", name="Edit").click()
+    page.get_by_role("heading", name="Edit adder").wait_for()
+    photograph(page, shots, "edit")
+    page.get_by_label("Instances").fill("2")
+    page.get_by_role("button", name="Save settings").click()
+    page.get_by_text("Saved: model.toml was written").wait_for()
+    page.get_by_role("main").get_by_role("link", name="adder").click()
+    page.get_by_role("heading", name="Version 1").wait_for()
+    assert "2 instance(s)" in page.inner_text("main")  # reloaded with the new setting
 
     # A token made in the console works on the API; revoked in the console, it does not.
     page.get_by_role("link", name="Tokens").click()
