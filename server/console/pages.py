@@ -204,7 +204,7 @@ class Console:
         self.web.sessions = Sessions(
             key, console.session_idle_minutes * 60, console.session_hours * 3600
         )
-        self.live.start()
+        await self.live.start()
         if not await self.accounts.has_admin():
             log.warning(
                 "console: no admin account yet: open /console to create one "
