@@ -9,6 +9,7 @@ sign-in carry a form token of their own. Errors are pages with the status and th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.metadata
 import logging
@@ -33,6 +34,7 @@ from ..http.endpoints import Assets
 from ..http.routes import Access, Route
 from ..models import ModelState
 from ..settings import Settings
+from .gpus import GPUs
 from .live import Live
 from .models import ModelPages
 from .sessions import Sessions, Throttle
@@ -89,7 +91,7 @@ def _member(handler: Callable[[Console, Request, Visitor], Awaitable[Response]])
     return run
 
 
-def _devices() -> list[str]:
+def _devices(gpus: GPUs | None) -> list[str]:
     found = []
     model = ""
     try:
@@ -101,9 +103,11 @@ def _devices() -> list[str]:
         pass
     name = model or platform.processor() or platform.machine()
     found.append(f"CPU: {name}, {os.cpu_count()} cores")
-    gpus = Path("/proc/driver/nvidia/gpus")
-    if gpus.is_dir():
-        for gpu in sorted(gpus.iterdir()):
+    if gpus is not None:  # NVML's names and memory
+        return [*found, *gpus.devices()]
+    listed = Path("/proc/driver/nvidia/gpus")
+    if listed.is_dir():
+        for gpu in sorted(listed.iterdir()):
             info = gpu / "information"
             name = ""
             if info.is_file():
@@ -146,7 +150,7 @@ class Console:
         self.usage_pages = UsagePages(self.web, database, guard)
         self.assets = Assets(STATIC)
         self.started = time.time()
-        self._devices = _devices()
+        self._devices: list[str] = []
         self._engines = _engines()
 
     def routes(self) -> list[Route]:
@@ -205,6 +209,7 @@ class Console:
             key, console.session_idle_minutes * 60, console.session_hours * 3600
         )
         await self.live.start()
+        self._devices = await asyncio.to_thread(_devices, self.live.gpus)
         if not await self.accounts.has_admin():
             log.warning(
                 "console: no admin account yet: open /console to create one "
@@ -341,6 +346,7 @@ class Console:
             uptime=time.time() - self.started,
             engines=self._engines,
             devices=self._devices,
+            gpu_charts=self.live.gpus.charts() if self.live.gpus is not None else [],
             repository_path=str(repository.path),
             repository_mode=repository.mode,
             states={k: v for k, v in states.items() if v},
