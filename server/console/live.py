@@ -3,7 +3,8 @@ the last 15 minutes kept, and pushed to browsers as server-sent events.
 
 A sample is the request rate, error rate, p50 and p99 latency (from the difference of the
 latency histograms between two samples, so it is the latency of those two seconds), the
-process's CPU use and resident memory, and each model's queue depth. Sampling reads the same
+process's CPU use and resident memory, each model's queue depth, and, where NVML finds a GPU,
+each GPU's utilisation and memory (gpus.py; read off the event loop). Sampling reads the same
 counters `/metrics` renders and adds nothing to the request path.
 
 A stream first sends the whole history, then each new sample, and ends after `STREAM_S` so
@@ -19,12 +20,14 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import orjson
 
 from ..counters import LATENCY_NS, Histogram
 from ..reconciler import Reconciler
+from .gpus import GPUs
 
 INTERVAL = 2.0
 HISTORY = int(15 * 60 / INTERVAL)
@@ -42,6 +45,14 @@ class Sample:
     cpu_percent: float
     rss_mb: float
     queues: dict[str, int]
+    gpus: dict[str, float] = field(default_factory=dict)
+    """GPUs.read()'s fields (``gpu0_percent``, ...); none without a GPU."""
+
+    def fields(self) -> dict[str, Any]:
+        """The sample as the stream sends it: the GPU fields beside the others."""
+        data = asdict(self)
+        data.update(data.pop("gpus"))
+        return data
 
 
 def quantile(counts: list[int], q: float) -> float | None:
@@ -68,17 +79,24 @@ def _rss_mb() -> float:
 
 
 class Live:
-    """Samples the counters on the event loop; streams the samples."""
+    """Samples the counters on the event loop (the GPUs off it); streams the samples."""
 
-    def __init__(self, reconciler: Reconciler, interval: float = INTERVAL) -> None:
+    def __init__(
+        self, reconciler: Reconciler, interval: float = INTERVAL, nvml: Any = None
+    ) -> None:
+        """`nvml`: what GPUs.open() reads the GPUs through; None is ``pynvml`` itself."""
         self.reconciler = reconciler
         self.interval = interval
+        self.nvml = nvml
+        self.gpus: GPUs | None = None
+        """The GPUs sampled, from start() on; None without NVML or a GPU."""
         self.history: deque[Sample] = deque(maxlen=HISTORY)
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._last: tuple[float, float, int, int, list[int]] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self.gpus = await asyncio.to_thread(GPUs.open, self.nvml)
         self._last = self._totals()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -88,11 +106,15 @@ class Live:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.gpus is not None:
+            await asyncio.to_thread(self.gpus.close)
+            self.gpus = None
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            self.sample()
+            gpus = await asyncio.to_thread(self.gpus.read) if self.gpus is not None else {}
+            self.sample(gpus)
             async with self._changed:
                 self._changed.notify_all()
 
@@ -110,7 +132,8 @@ class Live:
         times = os.times()
         return time.time(), times.user + times.system, requests, failures, latency.counts
 
-    def sample(self) -> Sample:
+    def sample(self, gpus: dict[str, float] | None = None) -> Sample:
+        """The sample of the counters since the last one, with `gpus`' fields."""
         now, cpu, requests, failures, counts = totals = self._totals()
         last = self._last or totals
         self._last = totals
@@ -131,6 +154,7 @@ class Live:
             cpu_percent=round(max(0.0, cpu - last[1]) / elapsed * 100, 1),
             rss_mb=round(_rss_mb(), 1),
             queues=queues,
+            gpus=gpus or {},
         )
         self.history.append(sample)
         return sample
@@ -139,7 +163,7 @@ class Live:
         """The SSE stream: ``history`` (every sample kept), then a ``sample`` each interval,
         until `duration` has passed."""
         yield f"retry: {RETRY_MS}\n".encode()
-        yield _event("history", [asdict(s) for s in self.history])
+        yield _event("history", [s.fields() for s in self.history])
         deadline = time.monotonic() + duration
         while True:
             left = deadline - time.monotonic()
@@ -151,7 +175,7 @@ class Live:
                 except TimeoutError:
                     return
             if self.history:
-                yield _event("sample", asdict(self.history[-1]))
+                yield _event("sample", self.history[-1].fields())
 
 
 def _event(kind: str, data: object) -> bytes:

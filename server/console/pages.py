@@ -9,6 +9,7 @@ sign-in carry a form token of their own. Errors are pages with the status and th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.metadata
 import logging
@@ -35,6 +36,7 @@ from ..manage.curator import Curator
 from ..models import ModelState
 from ..settings import Settings
 from .changes import ChangePages
+from .gpus import GPUs
 from .live import Live
 from .models import ModelPages
 from .sessions import Sessions, Throttle
@@ -91,7 +93,7 @@ def _member(handler: Callable[[Console, Request, Visitor], Awaitable[Response]])
     return run
 
 
-def _devices() -> list[str]:
+def _devices(gpus: GPUs | None) -> list[str]:
     found = []
     model = ""
     try:
@@ -103,9 +105,11 @@ def _devices() -> list[str]:
         pass
     name = model or platform.processor() or platform.machine()
     found.append(f"CPU: {name}, {os.cpu_count()} cores")
-    gpus = Path("/proc/driver/nvidia/gpus")
-    if gpus.is_dir():
-        for gpu in sorted(gpus.iterdir()):
+    if gpus is not None:  # NVML's names and memory
+        return [*found, *gpus.devices()]
+    listed = Path("/proc/driver/nvidia/gpus")
+    if listed.is_dir():
+        for gpu in sorted(listed.iterdir()):
             info = gpu / "information"
             name = ""
             if info.is_file():
@@ -150,7 +154,7 @@ class Console:
         self.usage_pages = UsagePages(self.web, database, guard)
         self.assets = Assets(STATIC)
         self.started = time.time()
-        self._devices = _devices()
+        self._devices: list[str] = []
         self._engines = _engines()
 
     def routes(self) -> list[Route]:
@@ -234,7 +238,8 @@ class Console:
         self.web.sessions = Sessions(
             key, console.session_idle_minutes * 60, console.session_hours * 3600
         )
-        self.live.start()
+        await self.live.start()
+        self._devices = await asyncio.to_thread(_devices, self.live.gpus)
         if not await self.accounts.has_admin():
             log.warning(
                 "console: no admin account yet: open /console to create one "
@@ -372,6 +377,7 @@ class Console:
             uptime=time.time() - self.started,
             engines=self._engines,
             devices=self._devices,
+            gpu_charts=self.live.gpus.charts() if self.live.gpus is not None else [],
             repository_path=str(repository.path),
             repository_mode=repository.mode,
             states={k: v for k, v in states.items() if v},

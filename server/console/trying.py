@@ -4,9 +4,9 @@ folder has a ``labels.txt``), its latency, and ready-to-copy calls (curl, triton
 KServe SDK) for the same request.
 
 The request is a v2 JSON body, as the API takes it, prefilled from the schema (each dynamic
-dimension 1, every value 0.5, or 1 for integers); a BYTES input can also take a file. It is
-counted in the model's statistics like any request. The snippets carry a token placeholder,
-never a secret.
+dimension 1, every value 0.5, or 1 for integers); a small numeric input can also be typed in
+a grid of number fields (grid.py), and a BYTES input can take a file. It is counted in the
+model's statistics like any request. The snippets carry a token placeholder, never a secret.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ from ..http.codec import decode_request
 from ..inference import InferResponse
 from ..model_config import TensorSpec
 from ..models import ModelVersion
+from .grid import grid_tensors, grids
 from .web import Visitor, Web, read_form
 
 MAX_SHOWN = 64
 """Values of an output shown in its table row (the rest: "…")."""
 MAX_TRY_BYTES = 8 * 1024 * 1024
+MAX_TRY_FIELDS = 2048
+"""Form fields of a try request: each cell of a grid is one (up to grid.MAX_CELLS an input)."""
 TOP = 3
 INTEGERS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
@@ -191,15 +194,27 @@ class TryPages:
             raise NotFound(f"no model {name!r} in the repository")
         return model.get(None)  # the default version: the highest READY one, or 404
 
-    def _context(self, request: Request, name: str, version: ModelVersion) -> dict[str, Any]:
+    def _context(
+        self,
+        request: Request,
+        name: str,
+        version: ModelVersion,
+        form: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What the try page shows; `form`: the submitted one, whose grid values it keeps."""
         config = version.config
-        example = example_request(config.inputs or (), config.max_batch_size > 0)
+        inputs, batched = config.inputs or (), config.max_batch_size > 0
+        example = example_request(inputs, batched)
         url = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
+        shown = grids(inputs, batched, form)
         return {
             "page": "models",
             "name": name,
             "model_version": version.version,
-            "inputs": config.inputs or (),
+            "inputs": inputs,
+            "grids": shown,
+            # The JSON body folded away only while grids give every input.
+            "json_open": len(shown) < len(inputs) or not all(g.from_grid for g in shown),
             "example": pretty(example),
             "snippets": snippets(url, name, example),
         }
@@ -217,13 +232,11 @@ class TryPages:
         self.web.check_csrf(visitor, form.get("csrf") or request.headers.get("x-csrf-token"))
         name = request.path_params["model"]
         version = self._version(name)
-        context = self._context(request, name, version)
+        context = self._context(request, name, version, form)
         body = str(form.get("body", ""))
         try:
             config = version.config
-            payload, header = _with_files(
-                body, form, config.inputs or (), config.max_batch_size > 0
-            )
+            payload, header = _request(body, form, config.inputs or (), config.max_batch_size > 0)
             started = time.perf_counter()
             response = await self.dataplane.exchange(
                 name, None, lambda: decode_request(payload, header), lambda r: r
@@ -247,18 +260,20 @@ class TryPages:
         )
 
 
-def _with_files(
+def _request(
     body: str, form: dict[str, Any], inputs: tuple[TensorSpec, ...], batched: bool
 ) -> tuple[bytes, str | None]:
-    """The request to decode: the JSON body as it is, or, when a file was chosen for a BYTES
-    input, the binary-extension request with that file as the input's one element (what
-    tritonclient sends for an ``np.object_`` array of file bytes)."""
+    """The request to decode: the JSON body as it is, or with the inputs the form gives
+    otherwise in place of the body's: a grid's values (grid.py), and, when a file was chosen
+    for a BYTES input, the binary-extension request with that file as the input's one element
+    (what tritonclient sends for an ``np.object_`` array of file bytes)."""
+    typed = grid_tensors(inputs, batched, form)
     files = {
         spec.name: (spec, form[f"file_{spec.name}"])
         for spec in inputs
         if spec.datatype == "BYTES" and isinstance(form.get(f"file_{spec.name}"), bytes)
     }
-    if not files:
+    if not files and not typed:
         return body.encode(), None
     try:
         data = orjson.loads(body) if body.strip() else {"inputs": []}
@@ -267,8 +282,11 @@ def _with_files(
     if not isinstance(data, dict) or not isinstance(data.get("inputs", []), list):
         raise InvalidRequest("the request must be a JSON object with an 'inputs' list")
     kept = [
-        t for t in data.get("inputs", []) if not isinstance(t, dict) or t.get("name") not in files
+        t
+        for t in data.get("inputs", [])
+        if not isinstance(t, dict) or (t.get("name") not in files and t.get("name") not in typed)
     ]
+    kept += typed.values()
     binary = b""
     for name, (spec, content) in files.items():
         element = len(content).to_bytes(4, "little") + content
@@ -284,12 +302,14 @@ def _with_files(
         binary += element
     data["inputs"] = kept
     header = orjson.dumps(data)
-    return header + binary, str(len(header))
+    return (header + binary, str(len(header))) if files else (header, None)
 
 
 async def read_try_form(request: Request) -> dict[str, Any]:
     """The try form: text fields as str, chosen files as bytes (at most MAX_TRY_BYTES)."""
-    form = await read_form(request, MAX_TRY_BYTES, "a try-it request", files=16)
+    form = await read_form(
+        request, MAX_TRY_BYTES, "a try-it request", files=16, fields=MAX_TRY_FIELDS
+    )
     fields: dict[str, Any] = {}
     for key, value in form.items():
         if isinstance(value, UploadFile):

@@ -190,13 +190,15 @@ class Web:
         return self.signer.form_ok(request.cookies.get(FORM_COOKIE), submitted)
 
 
-async def read_form(request: Request, limit: int, what: str, files: int = 0) -> FormData:
+async def read_form(
+    request: Request, limit: int, what: str, files: int = 0, fields: int = 50
+) -> FormData:
     """A console POST's urlencoded or multipart form: 400 past `limit` bytes (`what` names the
-    form in the message) or when it cannot be parsed."""
+    form in the message), past `files` files or `fields` fields, or when it cannot be parsed."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise InvalidRequest(f"{what} is at most {limit} bytes")
     try:
-        return await request.form(max_files=files, max_fields=50)
+        return await request.form(max_files=files, max_fields=fields)
     except Exception as exc:  # python-multipart's and starlette's parse errors
         raise InvalidRequest(f"the form could not be read: {exc}") from exc

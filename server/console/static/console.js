@@ -13,7 +13,9 @@
     root.querySelectorAll(".chart").forEach(function (el) {
       const keys = el.dataset.series.split(",");
       const labels = el.dataset.labels.split(",");
-      const colours = ["#2457c5", "#b3261e", "#1f7a3a"];
+      // A series a GPU on the GPU charts: enough colours for an 8-GPU machine.
+      const colours = ["#2457c5", "#b3261e", "#1f7a3a", "#8a5a00", "#6f42c1", "#0a7ea4",
+        "#c2185b", "#5d6678"];
       const opts = {
         width: Math.max(240, el.clientWidth),
         height: 180,
