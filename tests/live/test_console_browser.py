@@ -151,6 +151,15 @@ def test_the_operators_story(server: str, browser: object, shots: Path, adder_zi
     page.get_by_role("main").get_by_role("link", name="adder").click()
     page.get_by_role("heading", name="Version 1").wait_for()
     assert "2 instance(s)" in page.inner_text("main")  # reloaded with the new setting
+    # Try it on the uploaded model, through the grid: A + B and A - B come back.
+    page.get_by_role("link", name="Try it").click()
+    for i in range(4):
+        page.get_by_label(f"A[0][{i}]", exact=True).fill(str(i + 1))
+        page.get_by_label(f"B[0][{i}]", exact=True).fill(str(10 * (i + 1)))
+    page.get_by_role("button", name="Run inference").click()
+    page.get_by_text("answered in").wait_for()
+    result = page.inner_text("#result")
+    assert "11.0, 22.0, 33.0, 44.0" in result and "-9.0, -18.0, -27.0, -36.0" in result, result
 
     # A token made in the console works on the API; revoked in the console, it does not.
     page.get_by_role("link", name="Tokens").click()
