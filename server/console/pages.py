@@ -35,6 +35,7 @@ from ..http.routes import Access, Route
 from ..manage.curator import Curator
 from ..models import ModelState
 from ..settings import Settings
+from .apidocs import ApiDocs
 from .changes import ChangePages
 from .gpus import GPUs
 from .live import Live
@@ -149,6 +150,7 @@ class Console:
         self.curator = Curator(dataplane, settings.repository, self.accounts)
         self.model_pages = ModelPages(self.web, dataplane, self.curator)
         self.change_pages = ChangePages(self.web, self.curator)
+        self.api_docs = ApiDocs(self.web, database, guard, settings.console.session_hours)
         self.token_pages = TokenPages(self.web, database, guard)
         self.try_pages = TryPages(self.web, dataplane)
         self.usage_pages = UsagePages(self.web, database, guard)
@@ -178,6 +180,8 @@ class Console:
             page("GET", "/login", self.login_page, "sign-in"),
             page("POST", "/login", self.login, "sign in", 400, 401, 403, 429),
             page("POST", "/logout", self.logout, "sign out (ends the account's sessions)", 403),
+            page("POST", "/api-docs", self._signed_in(self._open_docs),
+                 "open /docs with a token made for the visit", 403),
             page("GET", "/models", self.models, "every model and version"),
             page("GET", "/models/{model}", self.model, "one model", 404),
             page("POST", "/models/{model}/reload", self.reload, "reload a model", 403, 404),
@@ -228,6 +232,9 @@ class Console:
             return await handler(request, visitor)
 
         return functools.partial(run, self)
+
+    async def _open_docs(self, request: Request, visitor: Visitor) -> Response:
+        return await self.api_docs.open(request, visitor, await _form(request))
 
     async def start(self) -> None:
         if self.owned:
@@ -341,6 +348,7 @@ class Console:
         self.web.check_csrf(visitor, form.get("csrf") or request.headers.get("x-csrf-token"))
         username = visitor.account.username
         await self.accounts.end_sessions(username)
+        await self.api_docs.close(username)
         await self.accounts.audit(
             username, "session.end", username, "signed out", self.web.address(request)
         )

@@ -144,6 +144,10 @@ class Web:
     def redirect(self, request: Request, path: str) -> RedirectResponse:
         return RedirectResponse(self.base(request) + path, status_code=303)
 
+    def redirect_to(self, path: str) -> RedirectResponse:
+        """A redirect to a path of the server's own beyond the console (``/docs``)."""
+        return RedirectResponse(path, status_code=303)
+
     def cookie_path(self, request: Request) -> str:
         return self.base(request)
 

@@ -76,7 +76,10 @@ DOCS_HTML = """<!doctype html>
         sessionStorage.setItem("cinfer-token", document.getElementById("token").value.trim());
         show();
       });
-      if (sessionStorage.getItem("cinfer-token")) { show(); }
+      if (sessionStorage.getItem("cinfer-token")) {  // set by the console's "API docs"
+        document.getElementById("token").value = sessionStorage.getItem("cinfer-token");
+        show();
+      }
     } else {
       show();
     }

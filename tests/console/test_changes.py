@@ -4,6 +4,7 @@ the repository (and what does not), the git notice and diff, and the audit log."
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -233,3 +234,52 @@ async def test_delete_needs_the_typed_name_and_moves_the_folder_aside(tmp_path: 
         assert (await client.get("/console/models/m")).status_code == 404
         entry = next(e for e in await _audit(settings) if e[1] == "model.delete")
         assert entry[:3] == ("root", "model.delete", "m") and entry[3] == f"moved to {moved[0]}"
+
+
+async def test_api_docs_open_with_a_token_made_for_the_visit_and_gone_at_sign_out(
+    tmp_path: Path,
+) -> None:
+    async with console_app(tmp_path, tokens=True) as (client, settings):
+        await set_up(client)
+        page = await client.get("/console/models")
+        assert 'action="/console/api-docs"' in page.text
+        assert (await client.post("/console/api-docs", data={"csrf": "x"})).status_code == 403
+        opened = await client.post("/console/api-docs", data={"csrf": csrf(page)})
+        assert opened.status_code == 200 and opened.headers["cache-control"] == "no-store"
+        first = _docs_token(opened.text)
+        assert 'data-docs="/docs"' in opened.text
+        bearer = {"Authorization": f"Bearer {first}"}
+        assert (await client.get("/openapi.json", headers=bearer)).status_code == 200
+        assert (await client.get("/admin/tokens", headers=bearer)).status_code == 200
+        again = _docs_token(
+            (await client.post("/console/api-docs", data={"csrf": csrf(page)})).text
+        )
+        assert (await client.get("/openapi.json", headers=bearer)).status_code == 401
+        assert (await client.get("/openapi.json", headers=_bearer(again))).status_code == 200
+        made = [e for e in await _audit(settings) if e[1] == "token.create"]
+        assert made[0][2].startswith("token console-docs-root (") and "for /docs" in made[0][3]
+        async with viewer_client(client, settings) as viewer:
+            mine = csrf(await viewer.get("/console/models"))
+            seen = _docs_token((await viewer.post("/console/api-docs", data={"csrf": mine})).text)
+            assert (await viewer.get("/openapi.json", headers=_bearer(seen))).status_code == 200
+            assert (await viewer.get("/admin/tokens", headers=_bearer(seen))).status_code == 403
+        await client.post("/console/logout", data={"csrf": csrf(page)})
+        assert (await client.get("/openapi.json", headers=_bearer(again))).status_code == 401
+
+
+async def test_api_docs_without_tokens_go_straight_to_the_docs(tmp_path: Path) -> None:
+    async with console_app(tmp_path) as (client, _):
+        await set_up(client)
+        token = csrf(await client.get("/console/models"))
+        answer = await client.post("/console/api-docs", data={"csrf": token})
+        assert answer.status_code == 303 and answer.headers["location"] == "/docs"
+
+
+def _docs_token(page: str) -> str:
+    found = re.search(r'data-token="(cinfer_[^"]+)"', page)
+    assert found, page[:2000]
+    return found.group(1)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -212,6 +212,12 @@ def test_the_operators_story(server: str, browser: object, shots: Path, adder_zi
     page.get_by_role("link", name="Audit log").click()
     page.get_by_text("token.revoke").wait_for()
     photograph(page, shots, "audit")
+    # The API docs open signed in: the console made a token for the visit (no pasting).
+    page.get_by_role("button", name="API docs").click()
+    page.wait_for_url(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .opblock-tag")  # /openapi.json fetched with the token
+    assert page.input_value("#token").startswith("cinfer_")  # nothing to paste
+    page.goto(f"{server}/console/audit")
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{server}/console/login")

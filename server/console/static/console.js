@@ -182,6 +182,15 @@
     });
   }
 
+  // "API docs": hand the token made for this visit to the docs page (the key it reads).
+  function apiDocs() {
+    const found = document.getElementById("docs-token");
+    if (!found) return;
+    sessionStorage.setItem("cinfer-token", found.dataset.token);
+    window.location.replace(found.dataset.docs);
+  }
+
+  document.addEventListener("DOMContentLoaded", apiDocs);
   document.addEventListener("DOMContentLoaded", live);
   document.addEventListener("DOMContentLoaded", upload);
   document.addEventListener("DOMContentLoaded", daily);
