@@ -169,6 +169,7 @@ class Console:
                 f"Console: {summary}",
                 tag="console",
                 media_type="text/html",
+                api=False,
                 errors=errors,
             )
 

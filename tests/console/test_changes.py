@@ -249,7 +249,11 @@ async def test_api_docs_open_with_a_token_made_for_the_visit_and_gone_at_sign_ou
         first = _docs_token(opened.text)
         assert 'data-docs="/docs"' in opened.text
         bearer = {"Authorization": f"Bearer {first}"}
-        assert (await client.get("/openapi.json", headers=bearer)).status_code == 200
+        document = await client.get("/openapi.json", headers=bearer)
+        assert document.status_code == 200
+        paths = document.json()["paths"]
+        assert "/admin/models/{model}" in paths  # the API's part
+        assert not [p for p in paths if p.startswith("/console")]  # pages are for people
         assert (await client.get("/admin/tokens", headers=bearer)).status_code == 200
         again = _docs_token(
             (await client.post("/console/api-docs", data={"csrf": csrf(page)})).text
@@ -283,3 +287,34 @@ def _docs_token(page: str) -> str:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_every_console_route_sends_an_anonymous_visitor_to_sign_in(tmp_path: Path) -> None:
+    """Each route of the console's table, anonymous: a page or action sends it to sign in and
+    changes nothing; only set-up, sign-in and the static files answer."""
+    async with console_app(tmp_path) as (client, settings):
+        await set_up(client)
+        app = client._transport.app  # type: ignore[attr-defined]
+        routes = [r for r in app.table if r.path.startswith("/console")]
+        assert len(routes) > 25
+        values = {"model": "m", "version": "1", "ref": "x", "action": "revoke",
+                  "file": "console.css"}  # fmt: skip
+        before = _tree(settings_root(tmp_path))
+        answered = {}
+        async with httpx.AsyncClient(transport=client._transport, base_url="http://test") as anon:
+            for route in routes:
+                path = route.path.format(**{p: values[p] for p in route.parameters})
+                answer = await anon.request(route.method, path, data={"confirm": "m"})
+                answered[f"{route.method} {route.path}"] = (
+                    answer.status_code,
+                    answer.headers.get("location", ""),
+                )
+        public = {"GET /console/setup", "GET /console/login", "POST /console/login",
+                  "POST /console/setup", "GET /console/static/{file}", "GET /console/live"}  # fmt: skip
+        for route, (status, location) in answered.items():
+            if route not in public:
+                assert (status, location) == (303, "/console/login"), route
+        assert answered["GET /console/live"][0] == 401
+        assert answered["GET /console/static/{file}"][0] == 200
+        assert _tree(settings_root(tmp_path)) == before
+        assert [e[1] for e in await _audit(settings)] == ["account.create"]
