@@ -37,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp / "models"
     onnx_models.dense_folder(root, "digits-like", TOML)
     onnx_models.dense_folder(root, "iris-like", TOML, seed=1)
+    onnx_models.copy_samples(root)  # the shipped sample models, digits and iris
     (root / "broken").mkdir()
     (root / "broken" / "model.toml").write_text('engine = "onnxruntime"\nmax_batch_size = "x"\n')
     env = {
@@ -112,13 +113,15 @@ def test_the_operators_story(server: str, browser: object, shots: Path, adder_zi
 
     page.wait_for_url(f"{server}/console")
     page.get_by_role("heading", name="Dashboard").wait_for()
-    assert "2 READY" in page.inner_text("#model-states")
+    assert "4 READY" in page.inner_text("#model-states")
     assert "broken" in page.inner_text("main")  # its failed load, with the reason
     # The live stream connects and the charts draw.
     # (Selectors, not wait_for_function: the page's CSP forbids the eval that one needs.)
     page.wait_for_selector("#live-state.on")
     page.wait_for_selector("#charts .chart canvas")
-    page.wait_for_selector("#queues tbody tr:nth-child(2)")
+    page.wait_for_selector("#queues tbody tr:nth-child(4)")
+    listed = page.locator("#queues tbody tr td:first-child").all_inner_texts()
+    assert {"digits", "iris"} <= set(listed), listed  # the dashboard lists the sample models
     photograph(page, shots, "dashboard")
 
     page.get_by_role("link", name="Models").click()
