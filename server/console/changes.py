@@ -129,7 +129,7 @@ class ChangePages:
 
     async def edit_page(self, request: Request, visitor: Visitor) -> Response:
         name = request.path_params["model"]
-        text = await self.curator.read_config(name)
+        text = await self.curator.read_config(name, missing="")
         return await self._edit_form(
             request, visitor, name, text, 200, done=request.query_params.get("done", "")
         )
@@ -155,7 +155,7 @@ class ChangePages:
         name = request.path_params["model"]
         form = await read_form(request, MAX_TOML, "the edit form")
         actor = self._admin(request, visitor, form, "edit models")
-        current = await self.curator.read_config(name)
+        current = await self.curator.read_config(name, missing="")
         submitted = str(form.get("toml", "")) if form.get("mode") == "raw" else None
         try:
             text = submitted if submitted is not None else _with_form(current, form)

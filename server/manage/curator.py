@@ -235,10 +235,15 @@ class Curator:
 
     # -- edit, publish, unpublish --------------------------------------------------------------
 
-    async def read_config(self, name: str) -> str:
+    async def read_config(self, name: str, missing: str | None = None) -> str:
+        """The model's model.toml; `missing` where the folder has none (else 404)."""
         path = self.folder(name) / MANIFEST
         try:
             return await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except FileNotFoundError as exc:
+            if missing is not None:
+                return missing
+            raise NotFound(f"model {name!r} has no {MANIFEST}") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise NotFound(f"{name}/{MANIFEST} cannot be read: {exc}") from exc
 
@@ -258,7 +263,10 @@ class Curator:
                     f"{sorted(available)}"
                 )
             path = folder / MANIFEST
-            old = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            try:
+                old: str | None = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            except (OSError, UnicodeDecodeError):  # none yet, or unreadable: replaced
+                old = None
             changed = old != text
             if changed:
                 await asyncio.to_thread(toml_text.write_atomically, path, text)

@@ -353,3 +353,22 @@ def test_the_admin_model_routes_are_in_the_openapi_document(
     assert {"post"} <= set(paths["/admin/models/{model}/unpublish"])
     assert {"delete"} <= set(paths["/admin/models/{model}/versions/{version}"])
     assert "get" in paths["/admin/audit"]
+
+
+def test_a_folder_without_model_toml_gets_one_through_the_api(
+    server: tuple[str, dict[str, str], Path], tmp_path: Path
+) -> None:
+    url, tokens, models = server
+    built = onnx_models.dense(tmp_path / "bare" / "model.onnx")
+    (models / "bare" / "1").mkdir(parents=True)
+    (models / "bare" / "1" / "model.onnx").write_bytes(built.read_bytes())
+    with _client(url, tokens["admin"]) as client:
+        missing = client.get("/admin/models/bare/config")
+        assert missing.status_code == 404 and "has no model.toml" in missing.json()["error"]
+        answer = client.put(
+            "/admin/models/bare/config", content='engine = "onnxruntime"\nmax_batch_size = 4\n'
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["changed"] is True
+    assert (models / "bare" / "model.toml").stat().st_mode & 0o777 == 0o644
+    _wait_ready(url, tokens["admin"], "/v2/models/bare")
