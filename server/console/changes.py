@@ -86,6 +86,8 @@ class ChangePages:
                 name = str(form.get("model", "")).strip()
                 actor = self._admin(request, visitor, form, "upload models")
                 archive = form.get("archive")
+                if kind not in ("model", "version"):
+                    raise InvalidRequest(f"kind {kind!r}: upload a new model or a version")
                 if not isinstance(archive, UploadFile) or not archive.filename:
                     raise InvalidRequest("choose a .zip or .tar.gz archive to upload")
                 if kind == "version":

@@ -112,6 +112,8 @@ async def test_a_refused_upload_says_why_and_changes_nothing(tmp_path: Path) -> 
             "/console/upload", data={"csrf": token, "kind": "model", "model": "x"}
         )
         assert no_file.status_code == 400 and "choose a .zip" in no_file.text
+        odd = await _upload(client, _adder_zip(tmp_path), token, kind="patch")
+        assert odd.status_code == 400 and "upload a new model or a version" in odd.text
         no_csrf = await _upload(client, _adder_zip(tmp_path), "forged")
         assert no_csrf.status_code == 403
         async with viewer_client(client, settings) as viewer:
