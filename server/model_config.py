@@ -13,7 +13,7 @@ device = "cpu"               # cpu | cuda | cuda:N | auto | an OpenVINO device n
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -93,6 +93,54 @@ class VersionPolicy(Strict):
         return {"latest": {"num_versions": self.latest or 1}}
 
 
+class ImageInput(Strict):
+    """``[images.<input>]``: the input takes image files, decoded and preprocessed by the
+    server into the model's tensor (docs/images.md). Clients send BYTES, one file per element.
+
+    Each value is ``(pixel * scale - mean[c]) / std[c]`` per channel c, after the resize."""
+
+    color: Literal["rgb", "bgr", "grayscale"] = "rgb"
+    size: tuple[Annotated[int, Field(gt=0, le=16384)], Annotated[int, Field(gt=0, le=16384)]]
+    """[height, width] of the tensor's image."""
+    resize: Literal["stretch", "pad", "crop"] = "stretch"
+    """stretch: to the size, aspect ignored; pad: keep the aspect, fit inside, pad with 0;
+    crop: the shorter side to the size, then the centre cut out."""
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    """One value, or one per channel (3 for rgb and bgr)."""
+    std: tuple[float, ...] = (1.0,)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    datatype: Literal["FP32", "FP16", "FP64", "UINT8", "INT8"] = "FP32"
+    """The model tensor's datatype (UINT8 and INT8 take the values as they come, rounded)."""
+
+    @model_validator(mode="after")
+    def _channels(self) -> ImageInput:
+        channels = 1 if self.color == "grayscale" else 3
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) not in (1, channels):
+                raise ValueError(
+                    f"{key} has {len(values)} values; {self.color} has {channels} channel(s): "
+                    f"give 1 or {channels}"
+                )
+        if any(v == 0 for v in self.std):
+            raise ValueError("std values must not be 0")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "grayscale" else 3
+
+    def tensor_shape(self) -> tuple[int, ...]:
+        """The model tensor's shape for one image (without the batch dim)."""
+        height, width = self.size
+        if self.layout == "NCHW":
+            return (self.channels, height, width)
+        return (height, width, self.channels)
+
+
+LABELS_FILE = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
+
 ParameterValue = str | int | float | bool
 
 
@@ -120,6 +168,11 @@ class ModelConfig(Strict):
     batching: Batching | None = None
     version_policy: VersionPolicy = VersionPolicy()
     parameters: dict[str, ParameterValue] = {}
+    images: dict[str, ImageInput] = {}
+    """Input name -> how its image files become the model's tensor (docs/images.md)."""
+    labels: dict[str, str] = {}
+    """Output name -> a labels file in the model folder, one label per class (the
+    classification extension: docs/images.md)."""
 
     @field_validator("device")
     @classmethod
@@ -149,6 +202,15 @@ class ModelConfig(Strict):
                 raise ValueError(f"{kind}: duplicate tensor name(s) {duplicates}")
             if tensors == ():
                 raise ValueError(f"{kind}: declare at least one tensor or leave {kind} out")
+        for output, name in self.labels.items():
+            if not LABELS_FILE.fullmatch(name) or name in (".", ".."):
+                raise ValueError(
+                    f"labels.{output}: {name!r} must be a file name in the model folder"
+                )
+        declared = {t.name for t in self.inputs or ()}
+        unknown = sorted(set(self.images) - declared) if self.inputs else []
+        if unknown:
+            raise ValueError(f"images.{unknown[0]}: no input of that name is declared")
         if self.file is not None and (
             "/" in self.file or "\\" in self.file or self.file in ("", ".", "..")
         ):
