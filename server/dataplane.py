@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from . import __version__, statistics, wire
+from .classification import classify
 from .counters import failure_reason
 from .datatypes import TRITON
 from .errors import CinferError, InvalidRequest, NotFound, Unavailable, show
 from .inference import InferRequest, InferResponse
-from .model_config import ModelConfig
+from .model_config import ModelConfig, TensorSpec
 from .models import Model, ModelState, ModelVersion
 from .reconciler import Reconciler
 from .repository import is_model_name
@@ -33,7 +34,13 @@ log = logging.getLogger("cinfer")
 
 T = TypeVar("T")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+]
 
 #: Engine -> Triton's platform / backend names (clients key behaviour off "platform").
 PLATFORMS = {
@@ -156,24 +163,13 @@ class DataPlane:
             "backend": backend,
             "version_policy": config.version_policy.as_triton(),
             "max_batch_size": config.max_batch_size,
-            "input": [
-                {
-                    "name": t.name,
-                    "data_type": TRITON[t.datatype],
-                    "format": "FORMAT_NONE",
-                    "dims": list(t.shape),
-                    "is_shape_tensor": False,
-                    "allow_ragged_batch": False,
-                    "optional": False,
-                }
-                for t in config.inputs or ()
-            ],
+            "input": [_config_input(t, config) for t in config.inputs or ()],
             "output": [
                 {
                     "name": t.name,
                     "data_type": TRITON[t.datatype],
                     "dims": list(t.shape),
-                    "label_filename": "",
+                    "label_filename": config.labels.get(t.name, ""),
                     "is_shape_tensor": False,
                 }
                 for t in config.outputs or ()
@@ -244,11 +240,15 @@ class DataPlane:
             request = decode()
             check_target(request, found)
             arrays, outputs, rows = found.check(request)
+            if found.images is not None:  # files in, the model's tensors out (images.py)
+                arrays = await found.images.tensors(arrays)
             decoded = time.perf_counter_ns()
             unexpected = "BACKEND"
             results = await pool.submit(arrays, outputs, rows)
             ran = time.perf_counter_ns()
             unexpected = "OTHER"
+            if request.outputs is not None and any(o.classification for o in request.outputs):
+                results = _classified(found, request, results, rows)
             answer = encode(InferResponse(found.name, str(found.version), results, request, rows))
         except CinferError as exc:
             requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
@@ -336,6 +336,38 @@ def _instance_group(name: str, config: ModelConfig) -> wire.InstanceGroup:
 
 def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> wire.Tensor:
     return {"name": name, "datatype": datatype, "shape": list(shape)}
+
+
+def _config_input(spec: TensorSpec, config: ModelConfig) -> wire.ConfigInput:
+    entry: wire.ConfigInput = {
+        "name": spec.name,
+        "data_type": TRITON[spec.datatype],
+        "format": "FORMAT_NONE",
+        "dims": list(spec.shape),
+        "is_shape_tensor": False,
+        "allow_ragged_batch": False,
+        "optional": False,
+    }
+    image = config.images.get(spec.name)
+    if image is not None:  # files are sent; the preprocessing says what the model gets
+        entry["format"] = f"FORMAT_{image.layout}"
+        entry["image"] = image.model_dump(mode="json")
+    return entry
+
+
+def _classified(
+    found: ModelVersion, request: InferRequest, results: dict[str, Any], rows: int
+) -> dict[str, Any]:
+    """The classification extension: each output asked for it as its top classes' strings."""
+    out = dict(results)
+    batched = found.config.max_batch_size > 0
+    for wanted in request.outputs or ():
+        if wanted.classification:
+            out[wanted.name] = classify(
+                wanted.name, results[wanted.name], wanted.classification, rows, batched,
+                found.labels.get(wanted.name),
+            )  # fmt: skip
+    return out
 
 
 def _identity(response: InferResponse) -> InferResponse:

@@ -36,6 +36,8 @@ class RequestedOutput:
     name: str
     binary: bool = False
     """Transport hint: answer this tensor as raw bytes where the door has such a form."""
+    classification: int = 0
+    """The classification extension: answer the top N classes as strings (0: the tensor)."""
 
 
 @dataclass(slots=True)

@@ -18,10 +18,12 @@ import numpy as np
 from cachetools import LRUCache
 
 from . import affinity, signature
+from .classification import read_labels
 from .counters import InstanceStats, RequestStats
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable, show
+from .images import DEFAULT_MAX_PIXELS, Images
 from .inference import InferInput, InferRequest
 from .model_config import ModelConfig
 from .repository import Fingerprint, ModelSource
@@ -64,6 +66,10 @@ class ModelVersion:
     from the model file): a reload compares it with the file on disk."""
     fingerprint: Fingerprint = ()
     """The files this version was loaded from (see repository.fingerprint)."""
+    images: Images | None = None
+    """Its image inputs (images.py): files in, the model's tensors out; None without."""
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    """Output -> its class labels ([labels] in model.toml), for the classification extension."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -211,6 +217,7 @@ def load_version(
     completions: Completions,
     loop: asyncio.AbstractEventLoop,
     python_core: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ModelVersion:
     """Blocking: load, check, warm up and start one version. Raises ModelLoadError.
 
@@ -220,7 +227,14 @@ def load_version(
     started = time.perf_counter()
     engine, effective = open_engine(source, version)
     config = source.config
-    loaded = ModelVersion(source.name, version, source.versions[version], effective)
+    try:
+        served, images, labels = serving(source, effective, max_image_pixels)
+    except BaseException:
+        engine.close()
+        raise
+    loaded = ModelVersion(source.name, version, source.versions[version], served)
+    loaded.images = images
+    loaded.labels = labels
     pool = InstancePool(
         loaded.label,
         engine,
@@ -235,6 +249,20 @@ def load_version(
     loaded.state = ModelState.READY
     loaded.load_seconds = time.perf_counter() - started
     return loaded
+
+
+def serving(
+    source: ModelSource, effective: ModelConfig, max_image_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[ModelConfig, Images | None, dict[str, list[str]]]:
+    """Blocking: what clients see of a version whose engine resolved `effective` (its image
+    inputs as BYTES), its image inputs, and its outputs' labels (read from their files).
+    Raises ModelLoadError naming the model.toml key that does not fit the model file."""
+    images = Images.resolve(effective, max_image_pixels)
+    labels = read_labels(effective, source.folder)
+    if images is None:
+        return effective, None, labels
+    served = effective.model_copy(update={"inputs": images.served(effective.inputs or ())})
+    return served, images, labels
 
 
 def open_engine(source: ModelSource, version: int) -> tuple[Engine, ModelConfig]:

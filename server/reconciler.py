@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .errors import ConfigError, ModelLoadError, NotFound
 from .heap import Collector, give_back_freed_memory
+from .images import DEFAULT_MAX_PIXELS
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
 from .repository import (
@@ -92,9 +93,15 @@ class Reconciler:
     """Owns the loaded models; every change goes through here, serialised per model."""
 
     def __init__(
-        self, root: Path, python_core: int | None = None, heap: Collector | None = None
+        self,
+        root: Path,
+        python_core: int | None = None,
+        heap: Collector | None = None,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.root = root
+        self.max_image_pixels = max_image_pixels
+        """What one image sent to an image input may have ([server] max_image_pixels)."""
         self.python_core = python_core
         """The core the event loop is pinned to, shared by engine threads (affinity.py)."""
         self.heap = heap
@@ -381,8 +388,9 @@ class Reconciler:
         try:
             assert self._completions is not None
             version = await asyncio.to_thread(
-                load_version, source, number, self._completions, self.loop, self.python_core
-            )
+                load_version, source, number, self._completions, self.loop, self.python_core,
+                self.max_image_pixels,
+            )  # fmt: skip
         except ModelLoadError as exc:
             placeholder.state = ModelState.UNAVAILABLE
             placeholder.reason = str(exc)

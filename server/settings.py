@@ -52,6 +52,9 @@ class ServerSettings(Section):
     port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger bodies are refused with 413."""
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    """Pixels one image sent to an image input may have (width x height); a larger one is a
+    400 before it is decoded, so a small file cannot unpack into gigabytes (docs/images.md)."""
     max_header_bytes: int = Field(64 * 1024, gt=0)
     """Largest request head (request line and headers) accepted, counted as it arrives: past
     it the server answers 431 and closes the connection without reading the rest. Real

@@ -157,6 +157,8 @@ class ConfigInput(TypedDict):
     is_shape_tensor: bool
     allow_ragged_batch: bool
     optional: bool
+    image: NotRequired[dict[str, Any]]
+    """An image input's preprocessing (model.toml's [images.<input>]): Cinfer's, not Triton's."""
 
 
 class ConfigOutput(TypedDict):

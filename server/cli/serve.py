@@ -138,7 +138,7 @@ def run(settings: Settings) -> int:
             log.info("event loop and engine threads on CPU %d (engines' own threads on all)", core)
         heap = Collector()  # the collector tuned for a server's heap (heap.py)
         heap.install()
-        reconciler = Reconciler(root, core, heap)
+        reconciler = Reconciler(root, core, heap, settings.server.max_image_pixels)
         dataplane = DataPlane(reconciler, repository.mode, repository.settle_ms)
         app = create_app(settings, dataplane, guard)
         log.info(

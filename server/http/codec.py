@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 from cachetools import LRUCache
 
+from ..classification import requested
 from ..datatypes import FROM_NUMPY, NUMPY, datatype_of
 from ..errors import InvalidRequest, PayloadTooLarge, Unsupported, show
 from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
@@ -301,6 +302,8 @@ def decode_with_offsets(
             if type(data) is not list:
                 raise _bad(raw, "data", f"inputs[{index}].data", "a list")
             array = tensors.from_json(name, datatype, shape, count, data)
+            if datatype == "BYTES" and params and params.get("content_type") == "base64":
+                array = tensors.from_base64(name, array)  # MLServer's way to send files
             inputs.append(InferInput(name, datatype, array))
             offsets.append(None)
         else:
@@ -367,9 +370,10 @@ def _outputs(raw: Any) -> list[RequestedOutput]:
                     f"outputs[{index}].parameters.binary_data",
                     "a boolean",
                 )
-            if parameters.get("classification"):
-                raise Unsupported(f"output '{name}': the classification extension is not supported")
-        outputs.append(RequestedOutput(name, binary))
+            classes = requested(parameters, name)
+        else:
+            classes = 0
+        outputs.append(RequestedOutput(name, binary, classes))
     return outputs
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from ..dataplane import DataPlane
 from ..errors import CinferError, PayloadTooLarge
-from ..inference import InferResponse
-from . import codec
+from ..inference import InferRequest, InferResponse
+from . import codec, forms
 from .asgi import (
     BINARY,
     ENCODING_KEY,
@@ -46,10 +47,12 @@ class InferEndpoint:
         """The route table's endpoint (routes.RawEndpoint): one infer request."""
         model = params["model"]
         version = params.get("version")
-        length = encoding = header_length = accept = None
+        length = encoding = header_length = accept = content_type = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
+            elif key == b"content-type":
+                content_type = value
             elif key == b"inference-header-content-length":
                 header_length = value.decode("latin-1")
             elif key == b"content-encoding":
@@ -70,9 +73,14 @@ class InferEndpoint:
             body = await self._read_body(receive, length)
             if encoding:
                 body = codec.decompress(body, encoding, self.limit)
-            payload, json_length = await self.dataplane.exchange(
-                model, version, lambda: decoder.decode(body, header_length), encode
-            )
+            if content_type is not None and forms.is_form(content_type):
+                payload, json_length = await self._form(
+                    model, version, body, content_type, scope.get("query_string", b""), encode
+                )
+            else:
+                payload, json_length = await self.dataplane.exchange(
+                    model, version, lambda: decoder.decode(body, header_length), encode
+                )
         except CinferError as exc:
             scope[STATUS_KEY] = exc.status_code
             await send_error(send, exc.status_code, exc.message, exc.headers)
@@ -94,6 +102,20 @@ class InferEndpoint:
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _form(
+        self, model: str, version: str | None, body: bytes, content_type: bytes, query: bytes,
+        encode: Any,
+    ) -> tuple[bytes, int | None]:  # fmt: skip
+        """Image files as a form or a raw image body (forms.py), answered as v2 JSON."""
+        dataplane = self.dataplane
+
+        def decode() -> InferRequest:
+            found = dataplane.version(model, version)
+            return forms.decode(body, content_type.decode("latin-1"), query, found)
+
+        result: tuple[bytes, int | None] = await dataplane.exchange(model, version, decode, encode)
+        return result
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self.limit

@@ -7,6 +7,8 @@ codec.py decides where each tensor's data is; this module converts it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from typing import Any
 
@@ -97,6 +99,20 @@ def strings(name: str, data: list[Any]) -> np.ndarray:
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array
+
+
+def from_base64(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES elements sent as base64 text (``"parameters": {"content_type": "base64"}``)."""
+    out = np.empty(array.shape, dtype=object)
+    flat, decoded = array.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat):
+        try:
+            decoded[i] = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(
+                f"input '{name}' element {i}: not base64 (parameters.content_type is \"base64\")"
+            ) from None
+    return out
 
 
 def from_binary(

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..datatypes import FROM_NUMPY
 from ..errors import CinferError, ModelLoadError
-from ..models import open_engine, warmup_inputs
+from ..models import open_engine, serving, warmup_inputs
 from ..repository import ModelSource
 from .archive import ArchiveError
 
@@ -126,6 +126,7 @@ def trial(source: ModelSource, version: int) -> Trial:
     staged = replace(source, config=source.config.model_copy(update={"instances": 1}))
     engine, effective = open_engine(staged, version)
     try:
+        serving(staged, effective)  # [images] and [labels] fit the model file
         names = [t.name for t in effective.outputs or ()]
         try:
             answer = engine.run(0, warmup_inputs(effective), names)

@@ -1,0 +1,250 @@
+"""Image inputs: files sent as BYTES, decoded and preprocessed into the model's tensor.
+
+A model.toml declares it per input (``[images.<input>]``, model_config.ImageInput; the keys
+are in docs/images.md). Clients send the encoded files, one per element of a BYTES tensor;
+the version's metadata shows the input that way (BYTES, one element per image), while the
+engine gets the tensor the declaration describes:
+
+    decode (Pillow, EXIF orientation applied, the first frame) -> colour mode
+    -> resize (stretch | pad | crop, bilinear) -> values (pixel * scale - mean[c]) / std[c]
+    -> layout (NCHW | NHWC) -> datatype
+
+Decoding runs in a thread pool as wide as the machine (Pillow and numpy let go of the GIL
+while they work), off the event loop; the decoded tensors then join the dynamic batcher like
+any request's. A file that is not an image, in a format not accepted, truncated, or with more
+pixels than `max_pixels` (a decompression bomb) is refused with a 400 naming the input and
+the element.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import affinity
+from .datatypes import NUMPY
+from .errors import InvalidRequest, ModelLoadError
+from .model_config import ImageInput, ModelConfig, TensorSpec
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+"""What an image input takes; anything else Pillow knows (EPS, PDF, ...) is refused."""
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Pixels one decoded image may have: above it, a 400 before the pixels are decoded."""
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _decoders() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1,
+            thread_name_prefix="cinfer-image",
+            initializer=affinity.release,  # not the event loop's pinned core
+        )
+    return _pool
+
+
+@dataclass(frozen=True)
+class ImageTensor:
+    """One image input: its declaration and the model tensor it becomes."""
+
+    name: str
+    spec: ImageInput
+    tensor: TensorSpec
+    """The model's input as the engine takes it (without the batch dim when batching)."""
+    batched: bool
+
+    def served(self) -> TensorSpec:
+        """The input as clients send it: BYTES, one element per image."""
+        shape = () if self.batched else (self.tensor.shape[0],)
+        return TensorSpec(name=self.name, datatype="BYTES", shape=shape)
+
+
+class Images:
+    """A version's image inputs: checked against the model file at load, then used to turn
+    each request's files into tensors."""
+
+    def __init__(self, inputs: Mapping[str, ImageTensor], max_pixels: int) -> None:
+        self.inputs = dict(inputs)
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def resolve(cls, config: ModelConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Images | None:
+        """Blocking-free: the image inputs of a version whose schema is resolved (`config` is
+        the effective one); a declaration that does not fit the model file is a load error
+        naming the key."""
+        if not config.images:
+            return None
+        batched = config.max_batch_size > 0
+        tensors = {t.name: t for t in config.inputs or ()}
+        found = {}
+        for name, spec in config.images.items():
+            tensor = tensors.get(name)
+            if tensor is None:
+                raise ModelLoadError(
+                    f"images.{name}: the model has no input {name!r} "
+                    f"(it takes: {', '.join(tensors)})"
+                )
+            if tensor.datatype != spec.datatype:
+                raise ModelLoadError(
+                    f"images.{name}.datatype: {spec.datatype}, but the model's input {name!r} "
+                    f"is {tensor.datatype}"
+                )
+            want = spec.tensor_shape()
+            shape = tensor.shape if batched else tensor.shape[1:]
+            if not batched and (len(tensor.shape) != len(want) + 1):
+                raise ModelLoadError(
+                    f"images.{name}: with max_batch_size = 0 the model's input {name!r} "
+                    f"{list(tensor.shape)} needs a leading dimension for the images, then "
+                    f"{list(want)}"
+                )
+            if len(shape) != len(want) or any(s not in (-1, w) for s, w in zip(shape, want)):
+                raise ModelLoadError(
+                    f"images.{name}: size {list(spec.size)}, {spec.color}, {spec.layout} makes "
+                    f"{list(want)} per image, but the model's input {name!r} is "
+                    f"{list(shape)} ({_which(spec, shape)})"
+                )
+            exact = tensor.model_copy(
+                update={"shape": (*tensor.shape[: len(tensor.shape) - len(want)], *want)}
+            )
+            found[name] = ImageTensor(name, spec, exact, batched)
+        return cls(found, max_pixels)
+
+    def served(self, inputs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        """The version's inputs as clients send them: image inputs as BYTES."""
+        return tuple(self.inputs[t.name].served() if t.name in self.inputs else t for t in inputs)
+
+    async def tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The request's arrays with each image input's files turned into its tensor."""
+        loop = asyncio.get_running_loop()
+        pool = _decoders()
+        out = dict(arrays)
+        for name, image in self.inputs.items():
+            files = arrays[name].reshape(-1)
+            decoded = await asyncio.gather(
+                *(
+                    loop.run_in_executor(pool, self.decode, image, i, files[i])
+                    for i in range(len(files))
+                )
+            )
+            stacked = np.stack(decoded)
+            out[name] = (
+                stacked if image.batched else stacked.reshape((len(files), *image.tensor.shape[1:]))
+            )
+        return out
+
+    def decode(self, image: ImageTensor, index: int, data: object) -> np.ndarray:
+        """Blocking: element `index` of input `image` as its tensor for one image."""
+        where = f"input '{image.name}' element {index}"
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidRequest(f"{where}: an image file is bytes, got {type(data).__name__}")
+        picture = open_image(bytes(data), where, self.max_pixels)
+        return preprocess(picture, image.spec, NUMPY[image.spec.datatype])
+
+
+def open_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
+    """Blocking: `data` decoded (EXIF orientation applied, the first frame), or a 400 that
+    says what was wrong with it."""
+    if not data:
+        raise InvalidRequest(f"{where}: an empty file is not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidRequest(f"{where}: {_not_accepted(data)}") from None
+    except Image.DecompressionBombError:
+        raise InvalidRequest(f"{where}: the image has too many pixels") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidRequest(f"{where}: the {_kind(data)} file cannot be read: {exc}") from None
+    width, height = picture.size
+    if width * height > max_pixels:
+        raise InvalidRequest(
+            f"{where}: {width}x{height} is {width * height:,} pixels, more than "
+            f"max_image_pixels ({max_pixels:,}): refused before decoding"
+        )
+    try:
+        picture.load()
+        return ImageOps.exif_transpose(picture) or picture
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise InvalidRequest(
+            f"{where}: the {picture.format or 'image'} file cannot be decoded ({reason}): is "
+            "it truncated?"
+        ) from None
+
+
+def preprocess(picture: Image.Image, spec: ImageInput, dtype: np.dtype) -> np.ndarray:
+    """Blocking: a decoded image as the tensor `spec` declares, for one image."""
+    mode = "L" if spec.color == "grayscale" else "RGB"
+    if picture.mode != mode:
+        if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+            # Transparent pixels become black, whatever colour they hide.
+            background = Image.new("RGBA", picture.size, (0, 0, 0, 255))
+            picture = Image.alpha_composite(background, picture.convert("RGBA"))
+        picture = picture.convert(mode)
+    height, width = spec.size
+    picture = resized(picture, spec.resize, width, height)
+    values = np.asarray(picture, dtype=np.float32)
+    if values.ndim == 2:
+        values = values[:, :, None]
+    if spec.color == "bgr":
+        values = values[:, :, ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    values = (values * np.float32(spec.scale) - mean) / std
+    if spec.layout == "NCHW":
+        values = values.transpose(2, 0, 1)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def resized(picture: Image.Image, method: str, width: int, height: int) -> Image.Image:
+    """stretch: to width x height; pad: the largest fit keeping the aspect, centred on black;
+    crop: the shorter side to fit, then the centre cut out. Bilinear throughout."""
+    if method == "stretch":
+        return picture.resize((width, height), Image.Resampling.BILINEAR)
+    w, h = picture.size
+    fit = min(width / w, height / h) if method == "pad" else max(width / w, height / h)
+    size = (max(1, round(w * fit)), max(1, round(h * fit)))
+    scaled = picture.resize(size, Image.Resampling.BILINEAR)
+    if method == "pad":
+        canvas = Image.new(picture.mode, (width, height))
+        canvas.paste(scaled, ((width - size[0]) // 2, (height - size[1]) // 2))
+        return canvas
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def _not_accepted(data: bytes) -> str:
+    """Why Pillow would not open `data` as one of `FORMATS`: another format, or none."""
+    try:
+        other = Image.open(io.BytesIO(data)).format  # the header only: nothing is decoded
+    except Exception:
+        other = None
+    if other:
+        return f"{other} images are not accepted (send {', '.join(FORMATS)})"
+    return f"not an image file ({', '.join(FORMATS)} are accepted)"
+
+
+def _kind(data: bytes) -> str:
+    return {b"\xff\xd8": "JPEG", b"\x89P": "PNG", b"RI": "WebP"}.get(data[:2], "image")
+
+
+def _which(spec: ImageInput, shape: tuple[int, ...]) -> str:
+    """Which key to change so the declaration fits the model's input."""
+    channels_at = 0 if spec.layout == "NCHW" else len(shape) - 1
+    if len(shape) == 3 and shape[channels_at] not in (-1, spec.channels):
+        return f"change color or layout: {spec.color} has {spec.channels} channel(s)"
+    return "change size, layout or color to match"
