@@ -75,6 +75,7 @@ async def test_health_and_server_metadata(repository: Path) -> None:
         assert meta["name"] == "cinfer"
         assert meta["extensions"] == [
             "binary_tensor_data",
+            "classification",
             "model_configuration",
             "model_repository",
             "statistics",

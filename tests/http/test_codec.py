@@ -150,13 +150,21 @@ def test_request_level_errors(raw: bytes, message: str) -> None:
         decode_request(raw, None)
 
 
-def test_classification_is_reported_unsupported() -> None:
+def test_classification_is_read_from_the_outputs_parameters() -> None:
     raw = body(
         {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
-        outputs=[{"name": "y", "parameters": {"classification": 2}}],
+        outputs=[{"name": "y", "parameters": {"classification": 2, "binary_data": True}}],
     )
-    with pytest.raises(Unsupported, match="classification"):
-        decode_request(raw, None)
+    request = decode_request(raw, None)
+    assert request.outputs is not None
+    assert (request.outputs[0].classification, request.outputs[0].binary) == (2, True)
+    for bad in (0, -1, "2", True, 1.5):
+        raw = body(
+            {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+            outputs=[{"name": "y", "parameters": {"classification": bad}}],
+        )
+        with pytest.raises(InvalidRequest, match="output 'y': classification must be"):
+            decode_request(raw, None)
 
 
 def test_binary_inputs_of_every_kind() -> None:
