@@ -34,10 +34,29 @@ def python_core() -> int | None:
     return max(ALLOWED) if CAN_PIN else None
 
 
+_pinned: int | None = None
+"""The core the event loop was pinned to, once it is."""
+
+
 def pin(core: int | None) -> None:
     """Pin the calling thread to `core` (no-op for None)."""
+    global _pinned
     if core is not None:
         os.sched_setaffinity(0, {core})
+        _pinned = core
+
+
+def elsewhere() -> frozenset[int]:
+    """The CPUs for work that must not take the event loop's core (decoding images): every
+    allowed CPU but the pinned one, or every allowed one when nothing is pinned."""
+    others = ALLOWED - {_pinned} if _pinned is not None else ALLOWED
+    return others or ALLOWED
+
+
+def move_elsewhere() -> None:
+    """Run the calling thread on `elsewhere()` (a thread pool's initializer)."""
+    if CAN_PIN:
+        os.sched_setaffinity(0, elsewhere())
 
 
 def release() -> None:

@@ -9,11 +9,12 @@ engine gets the tensor the declaration describes:
     -> resize (stretch | pad | crop, bilinear) -> values (pixel * scale - mean[c]) / std[c]
     -> layout (NCHW | NHWC) -> datatype
 
-Decoding runs in a thread pool as wide as the machine (Pillow and numpy let go of the GIL
-while they work), off the event loop; the decoded tensors then join the dynamic batcher like
-any request's. A file that is not an image, in a format not accepted, truncated, or with more
-pixels than `max_pixels` (a decompression bomb) is refused with a 400 naming the input and
-the element.
+Decoding runs in a thread pool on the cores beside the event loop's (all of them where the
+loop is not pinned; Pillow and numpy let go of the GIL while they work), so a burst of large
+images does not take the core requests are answered on; the decoded tensors then join the
+dynamic batcher like any request's. A file that is not an image, in a format not accepted,
+truncated, or with more pixels than `max_pixels` (a decompression bomb) is refused with a
+400 naming the input and the element.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ _pool: concurrent.futures.ThreadPoolExecutor | None = None
 def _decoders() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     if _pool is None:
+        # As wide as the cores beside the event loop's: decoding never takes its core.
         _pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1,
+            max_workers=len(affinity.elsewhere()) or os.cpu_count() or 1,
             thread_name_prefix="cinfer-image",
-            initializer=affinity.release,  # not the event loop's pinned core
+            initializer=affinity.move_elsewhere,
         )
     return _pool
 

@@ -62,6 +62,23 @@ max_batch_size = 8
 OUTPUT0 = "classes.txt"
 """
 LABELS = ["ant", "bee", "cat", "dog", "eel"]
+BROKEN = {
+    "badsize": STRETCH.replace("size = [6, 8]", "size = [8, 6]"),
+    "badcolor": STRETCH.replace('color = "rgb"', 'color = "grayscale"').replace(
+        "mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n", ""
+    ),
+    "badtype": STRETCH.replace('layout = "NCHW"', 'layout = "NCHW"\ndatatype = "UINT8"'),
+    "badinput": STRETCH.replace("[images.INPUT0]", "[images.pixels]"),
+    "nolabels": STRETCH + '\n[labels]\nOUTPUT0 = "missing.txt"\n',
+}
+REASONS = {
+    "badsize": "images.INPUT0: size [8, 6], rgb, NCHW makes [3, 8, 6] per image, but the "
+    "model's input 'INPUT0' is [3, 6, 8]",
+    "badcolor": "change color or layout: grayscale has 1 channel(s)",
+    "badtype": "images.INPUT0.datatype: UINT8, but the model's input 'INPUT0' is FP32",
+    "badinput": "images.pixels: the model has no input 'pixels' (it takes: INPUT0)",
+    "nolabels": "labels.OUTPUT0: no file ",
+}
 MAX_PIXELS = 20_000
 MAX_BYTES = 2 << 20
 
@@ -79,6 +96,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _write(root, "crop", CROP, [1, 3, 5, 7])
     _write(root, "scores", SCORES, ["batch", 5])
     (root / "scores" / "classes.txt").write_text("\n".join(LABELS) + "\n")
+    for name, toml in BROKEN.items():
+        _write(root, name, toml, ["batch", 3, 6, 8])
     env = {"CINFER_SERVER__MAX_IMAGE_PIXELS": str(MAX_PIXELS),
            "CINFER_SERVER__MAX_REQUEST_BYTES": str(MAX_BYTES)}  # fmt: skip
     with live_server(root, env=env) as (url, _):
@@ -286,3 +305,13 @@ def test_classification_answers_the_top_classes_with_their_labels(server: str) -
         one = client.post("/v2/models/scores/infer", json=body).json()["outputs"][0]
         assert one == {"name": "OUTPUT0", "datatype": "BYTES", "shape": [1, 1],
                        "data": ["0.700000:1:bee"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", list(BROKEN))
+def test_a_declaration_that_does_not_fit_the_model_file_is_a_load_error_naming_the_key(
+    server: str, model: str
+) -> None:
+    index = httpx.post(f"{server}/v2/repository/index").json()
+    entry = next(e for e in index if e["name"] == model)
+    assert entry["state"] == "UNAVAILABLE"
+    assert REASONS[model] in entry["reason"], entry["reason"]
