@@ -229,6 +229,14 @@ def resized(picture: Image.Image, method: str, width: int, height: int) -> Image
     return scaled.crop((left, top, left + width, top + height))
 
 
+def example_image(spec: ImageInput) -> bytes:
+    """A PNG of the declared size, mid-grey: an example request that the model takes."""
+    height, width = spec.size
+    out = io.BytesIO()
+    Image.new("L" if spec.color == "grayscale" else "RGB", (width, height), 128).save(out, "PNG")
+    return out.getvalue()
+
+
 def _not_accepted(data: bytes) -> str:
     """Why Pillow would not open `data` as one of `FORMATS`: another format, or none."""
     try:

@@ -10,12 +10,14 @@ package's files, served by the server itself (no CDN).
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter
 
 from .. import __version__, wire
+from ..images import example_image
 from ..models import ModelVersion, warmup_inputs
 from ..reconciler import Reconciler
 from .routes import Access, Route, RouteTable
@@ -286,7 +288,7 @@ def _model_infer(version: ModelVersion, description: str, tokens: bool) -> dict[
         for spec in inputs
     ]
     example_arrays = warmup_inputs(config)
-    example = {
+    example: dict[str, list[dict[str, Any]]] = {
         "inputs": [
             {
                 "name": spec.name,
@@ -300,6 +302,12 @@ def _model_infer(version: ModelVersion, description: str, tokens: bool) -> dict[
             for spec in inputs
         ]
     }
+    if version.images is not None:  # an image input's example is an image file, base64
+        for tensor in example["inputs"]:
+            image = version.images.inputs.get(tensor["name"])
+            if image is not None:
+                tensor["parameters"] = {"content_type": "base64"}
+                tensor["data"] = [base64.b64encode(example_image(image.spec)).decode()]
     request = {
         "type": "object",
         "required": ["inputs"],

@@ -315,3 +315,13 @@ def test_a_declaration_that_does_not_fit_the_model_file_is_a_load_error_naming_t
     entry = next(e for e in index if e["name"] == model)
     assert entry["state"] == "UNAVAILABLE"
     assert REASONS[model] in entry["reason"], entry["reason"]
+
+
+def test_the_openapi_example_for_an_image_input_is_an_image_the_model_takes(server: str) -> None:
+    document = httpx.get(f"{server}/openapi.json").json()
+    body = document["paths"]["/v2/models/stretch/infer"]["post"]["requestBody"]
+    example = body["content"]["application/json"]["schema"]["example"]
+    assert example["inputs"][0]["parameters"] == {"content_type": "base64"}
+    answer = httpx.post(f"{server}/v2/models/stretch/infer", json=example)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [1, 3, 6, 8]
