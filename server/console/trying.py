@@ -311,11 +311,14 @@ async def read_try_form(request: Request) -> dict[str, Any]:
         request, MAX_TRY_BYTES, "a try-it request", files=16, fields=MAX_TRY_FIELDS
     )
     fields: dict[str, Any] = {}
-    for key, value in form.items():
-        if isinstance(value, UploadFile):
-            content = await value.read()
-            if content:
-                fields[key] = content
-        else:
-            fields[key] = value
+    try:
+        for key, value in form.items():
+            if isinstance(value, UploadFile):
+                content = await value.read()
+                if content:
+                    fields[key] = content
+            else:
+                fields[key] = value
+    finally:
+        await form.close()  # the spooled files
     return fields

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from PIL import Image
 
 from server.auth.accounts import Accounts
 from server.auth.store import Database
@@ -320,3 +321,35 @@ async def test_every_console_route_sends_an_anonymous_visitor_to_sign_in(tmp_pat
         assert answered["GET /console/static/{file}"][0] == 200
         assert _tree(settings_root(tmp_path)) == before
         assert [e[1] for e in await _audit(settings)] == ["account.create"]
+
+
+async def test_try_it_takes_an_image_file_for_an_image_input(tmp_path: Path) -> None:
+    async with console_app(tmp_path) as (client, _):
+        models = settings_root(tmp_path)
+        built = onnx_models.identity(tmp_path / "built-pix" / "model.onnx", "FP32", ["b", 1, 4, 4])
+        toml = (
+            'engine = "onnxruntime"\nmax_batch_size = 4\n\n[images.INPUT0]\n'
+            'color = "grayscale"\nsize = [4, 4]\nscale = 0.5\n'
+        )
+        onnx_models.model_folder(models, "pix", toml, {1: built})
+        await client.post("/v2/repository/models/pix/load")
+        await set_up(client)
+        page = await client.get("/console/models/pix/try")
+        assert page.status_code == 200 and 'type="file"' in page.text
+        out = io.BytesIO()
+        Image.new("L", (8, 8), 200).save(out, "PNG")
+        answer = await client.post(
+            "/console/models/pix/try",
+            data={"csrf": csrf(page), "body": _try_body(page.text)},
+            files={"file_INPUT0": ("grey.png", out.getvalue(), "image/png")},
+        )
+        assert answer.status_code == 200, answer.text
+        assert "<code>OUTPUT0</code>" in answer.text and "100.0" in answer.text  # 200 * 0.5
+
+
+def _try_body(page: str) -> str:
+    import html
+
+    found = re.search(r'<textarea id="body" name="body"[^>]*>(.*?)</textarea>', page, re.S)
+    assert found, page[:2000]
+    return html.unescape(found.group(1))
