@@ -187,6 +187,8 @@ class Session:
         self.project.mkdir(parents=True)
         shutil.copy(ROOT / "config.toml", self.project / "config.toml")
         onnx_models.copy_samples(self.project / "repository")
+        # The image sample too: docs/images.md sends its example files.
+        shutil.copytree(onnx_models.SAMPLES / "mnist", self.project / "repository" / "mnist")
         self._stack = stack
         self._url: str | None = None
         self.variables: dict[str, tuple[str, bool]] = {}
