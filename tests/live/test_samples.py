@@ -1,15 +1,21 @@
 """The shipped samples on a real server, through tritonclient: the digits model answers the
-same on onnxruntime, OpenVINO and torch."""
+same on onnxruntime, OpenVINO and torch; the mnist model names the digit in each of its example
+files. One test runs the mnist model file with onnxruntime alone, no server: the sample itself
+is right, whatever the server's decoding does."""
 
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import tritonclient.http as triton
+from PIL import Image
 
+from server.model_config import ModelConfig
 from tests.live import live_server
 from tests.onnx_models import SAMPLES
 
@@ -69,3 +75,33 @@ def test_the_mnist_sample_reads_its_example_images_and_names_the_digits(repo: Pa
             )
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["data"][0].endswith(":7:seven")
+
+
+def test_the_mnist_model_file_names_the_digit_of_each_example_image() -> None:
+    """repository/mnist/1/model.onnx on its example files, each decoded with Pillow and made
+    into the tensor the way model.toml's [images.image] says: (pixel * scale - mean) / std."""
+    folder = SAMPLES / "mnist"
+    config = ModelConfig.model_validate(tomllib.loads((folder / "model.toml").read_text()))
+    spec = config.images["image"]
+    assert (spec.color, spec.layout, spec.datatype) == ("grayscale", "NCHW", "FP32")
+    height, width = spec.size
+    examples = sorted(folder.glob("digit-*"))
+    assert len(examples) >= 4 and {p.suffix for p in examples} == {".png", ".jpg"}
+    pixels = np.stack(
+        [
+            np.asarray(
+                Image.open(p).convert("L").resize((width, height), Image.Resampling.BILINEAR),
+                dtype=np.float32,
+            )
+            for p in examples
+        ]
+    )[:, None]  # [N, 1, H, W]
+    tensor = (pixels * np.float32(spec.scale) - np.float32(spec.mean[0])) / np.float32(spec.std[0])
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"))
+    probabilities, label = session.run(["probabilities", "label"], {"image": tensor})
+    digits = [int(p.stem.removeprefix("digit-")) for p in examples]
+    assert label[:, 0].tolist() == digits, examples
+    assert probabilities.argmax(axis=1).tolist() == digits
+    assert (probabilities.max(axis=1) > 0.5).all(), probabilities.max(axis=1)
+    names = (folder / config.labels["probabilities"]).read_text().splitlines()
+    assert len(names) == 10 and all(names), names
