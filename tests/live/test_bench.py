@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -35,6 +36,10 @@ from tools.benchkit.target import BenchError, Model, ServerStats, Tensor
 
 BENCH = ROOT / "tools" / "bench.py"
 QUICK = ["--measurement-interval", "200", "--max-trials", "3"]
+TOTALS = re.compile(
+    r"sent ([\d,]+) requests, ([\d,]+) succeeded \(([\d,]+) inferences\); ([\d,]+) body bytes, "
+    r"([\d,.]+) per request(?:, ([\d,.]+) per image)?; and ([\d,]+) before measuring"
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +80,14 @@ def has_statistics(url: str) -> bool:
     return "statistics" in httpx.get(f"{url}/v2").json()["extensions"]
 
 
+def totals(stderr: str) -> dict[str, float]:
+    """bench.py's closing line: every request it sent, and the bytes of their bodies."""
+    match = TOTALS.search(stderr)
+    assert match is not None, stderr
+    names = ("sent", "succeeded", "inferences", "bytes", "per_request", "per_image", "checked")
+    return {k: float(v.replace(",", "")) for k, v in zip(names, match.groups()) if v}
+
+
 # -- the command against the live server ------------------------------------------------
 
 
@@ -86,8 +99,17 @@ def test_concurrency_mode_writes_perf_analyzer_csv_and_plot(server: str, tmp_pat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "image FP32 [2, 64]" in result.stderr
     header, rows = read_csv(out)
-    assert header == ["Concurrency", *CSV_COLUMNS]
+    assert header == ["Concurrency", *CSV_COLUMNS, "Avg Request Bytes"]
     assert sorted(r["Concurrency"] for r in rows) == ["1", "3"]
+    # Every request is the same: its size, as the start line gives it, is the mean.
+    size = re.search(r"binary requests of ([\d,]+) bytes", result.stderr)
+    assert size is not None, result.stderr
+    body = int(size[1].replace(",", ""))
+    assert body > 2 * 64 * 4  # the header, then two rows of 64 FP32
+    assert {int(r["Avg Request Bytes"]) for r in rows} == {body}
+    counted = totals(result.stderr)
+    assert counted["sent"] == counted["succeeded"] > 0
+    assert counted["bytes"] == counted["sent"] * body
     throughputs = [float(r["Inferences/Second"]) for r in rows]
     assert throughputs == sorted(throughputs)  # perf_analyzer orders rows by throughput
     for row in rows:
@@ -100,7 +122,7 @@ def test_concurrency_mode_writes_perf_analyzer_csv_and_plot(server: str, tmp_pat
         )
         # Server-side columns are filled exactly when the server offers statistics.
         assert (int(row["Server Compute Infer"]) > 0) == has_statistics(server)
-    assert result.stdout.splitlines()[0].split()[:2] == ["Concurrency", "infer/s"]
+    assert result.stdout.splitlines()[0].split()[:3] == ["Concurrency", "infer/s", "bytes/req"]
 
 
 def test_request_rate_mode_keeps_the_schedule(server: str, tmp_path: Path) -> None:
@@ -109,7 +131,7 @@ def test_request_rate_mode_keeps_the_schedule(server: str, tmp_path: Path) -> No
                    "-f", str(out), *QUICK)  # fmt: skip
     assert result.returncode == 0, result.stderr
     header, rows = read_csv(out)
-    assert header[0] == "Request Rate" and header[1:] == list(CSV_COLUMNS)
+    assert header == ["Request Rate", *CSV_COLUMNS, "Avg Request Bytes"]
     for row in rows:
         target = float(row["Request Rate"])
         # Open loop: the server answers far faster than 200/s, so it sees the target rate.

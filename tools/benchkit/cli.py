@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,12 +177,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+@dataclass
+class Plan:
+    """What a run sends, found before it starts."""
+
+    model: Model
+    requests: list[inputs.Request]
+    """One per distinct request, in the order the load sends them (and round again)."""
+    stats: bool
+    """Whether the server answers the statistics extension."""
+    described: str
+    """The inputs in words."""
+
+
 def prepare(
     args: argparse.Namespace, endpoint: Endpoint, shapes: dict[str, tuple[int, ...]]
-) -> tuple[Model, list[inputs.Request], bool, str]:
-    """The model, its requests, whether the server has statistics, and the inputs in words."""
+) -> Plan:
+    """The model and its requests, from the server's metadata and the options."""
     extensions = server_extensions(endpoint)
     model = describe_model(endpoint, args.model_name, args.model_version)
+    if args.format == "binary" and "binary_tensor_data" not in extensions:
+        print(
+            "bench.py: warning: the server does not list the binary_tensor_data extension; "
+            "if requests fail, use --format json",
+            file=sys.stderr,
+        )
+    stats = "statistics" in extensions and try_stats(endpoint, model) is not None
     if args.input_data in ("zero", "random"):
         rng = np.random.default_rng(0)
         full = inputs.resolve_shapes(model, args.batch_size, shapes)
@@ -193,21 +214,13 @@ def prepare(
         ]
     else:
         entries = inputs.load_data_file(Path(args.input_data), model, args.batch_size, shapes)
-    binary = args.format == "binary"
-    if binary and "binary_tensor_data" not in extensions:
-        print(
-            "bench.py: warning: the server does not list the binary_tensor_data extension; "
-            "if requests fail, use --format json",
-            file=sys.stderr,
-        )
-    requests = inputs.build_requests(endpoint, model, entries, binary)
-    stats = "statistics" in extensions and try_stats(endpoint, model) is not None
+    requests = inputs.build_requests(endpoint, model, entries, args.format == "binary")
     described = ", ".join(
         f"{t.name} {t.datatype} {list(entries[0][t.name].shape)}" for t in model.inputs
     )
     if len(entries) > 1:
         described += f" ({len(entries)} data entries, in turn)"
-    return model, requests, stats, described
+    return Plan(model, requests, stats, described)
 
 
 def try_stats(endpoint: Endpoint, model: Model) -> ServerStats | None:
@@ -244,22 +257,26 @@ def run(
     if args.plot:
         report.check_plotting()
     endpoint = Endpoint.parse(args.url, headers)
-    model, requests, stats, described = prepare(args, endpoint, shapes)
-    address = (endpoint.host, endpoint.port)
-    for request in requests:
-        try:
-            address, status, body = probe((endpoint.host, endpoint.port), request.wire)
-        except OSError as exc:
-            raise BenchError(f"cannot send an infer request to {endpoint.base}: {exc}") from None
+    plan = prepare(args, endpoint, shapes)
+    model, requests, stats = plan.model, plan.requests, plan.stats
+
+    def check(index: int, status: int, body: bytes) -> None:
         if not 200 <= status < 300:
             raise BenchError(
                 f"the server refused the infer request with HTTP {status}: {error_message(body)}"
             )
         check_response(body)
+
+    try:
+        address = probe((endpoint.host, endpoint.port), [r.wire for r in requests], check)
+    except OSError as exc:
+        raise BenchError(f"cannot send an infer request to {endpoint.base}: {exc}") from None
     version = f" version {model.version}" if model.version else ""
+    sizes = sorted(r.body_size for r in requests)
+    size = f"{sizes[0]:,}" if sizes[0] == sizes[-1] else f"{sizes[0]:,} to {sizes[-1]:,}"
     print(
-        f"bench.py: model '{model.name}'{version} at {endpoint.base}: {described}; "
-        f"{args.format} requests of {requests[0].body_size} bytes, batch {args.batch_size}; "
+        f"bench.py: model '{model.name}'{version} at {endpoint.base}: {plan.described}; "
+        f"{args.format} requests of {size} bytes, batch {args.batch_size}; "
         f"{args.workers} load worker(s); server statistics: {'yes' if stats else 'not offered'}",
         file=sys.stderr,
     )
@@ -267,7 +284,9 @@ def run(
     progress = report.Progress(mode, args.max_trials, args.percentile)
     results: list[Level] = []
     interrupted = aborted = False
-    pool = WorkerPool(args.workers, address, [r.wire for r in requests])
+    pool = WorkerPool(
+        args.workers, address, [r.wire for r in requests], [r.body_size for r in requests]
+    )
     try:
         for value in levels:
             progress.start_level(value)
@@ -285,7 +304,7 @@ def run(
         progress.close()
         pool.close()
         endpoint.close()
-    return finish(args, mode, model, results, stats, interrupted, aborted)
+    return finish(args, mode, plan, results, interrupted, aborted)
 
 
 def measure_level(
@@ -332,28 +351,31 @@ def measure_level(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        pool.stop()
+        tail = pool.stop()
     if not windows:
         return None, aborted, interrupted
-    return Level.of(value, windows, stable, args.percentile), aborted, interrupted
+    rest = Window.merge(tail, args.batch_size, None)
+    return Level.of(value, windows, stable, args.percentile, rest), aborted, interrupted
 
 
 def finish(
     args: argparse.Namespace,
     mode: str,
-    model: Model,
+    plan: Plan,
     results: list[Level],
-    stats: bool,
     interrupted: bool,
     aborted: bool,
 ) -> int:
     if results:
-        report.print_table(mode, results, args.percentile, stats, sys.stdout)
+        report.print_table(mode, results, args.percentile, plan.stats, sys.stdout)
         sys.stdout.flush()
         if args.latency_report_file:
             report.write_csv(Path(args.latency_report_file), mode, results)
         if args.plot:
-            report.plot(Path(args.plot), mode, results, f"{model.name} (batch {args.batch_size})")
+            title = f"{plan.model.name} (batch {args.batch_size})"
+            report.plot(Path(args.plot), mode, results, title)
+    totals = report.totals_line(results, args.batch_size, None, len(plan.requests))
+    print(f"bench.py: {totals}", file=sys.stderr)
     for line in report.warnings(mode, results, args.measurement_interval):
         print(f"bench.py: warning: {line}", file=sys.stderr)
     errors = sum(level.error_count for level in results)
