@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inputs, report
+from . import images, inputs, report
 from .load import WorkerPool, probe
 from .measure import Level, Window, is_stable
 from .target import (
@@ -35,6 +35,7 @@ examples:
   python tools/bench.py -m digits --concurrency-range 1:8:2 -b 4
   python tools/bench.py -m tiny -u localhost:8000 --request-rate-range 500:2000:500 -f out.csv
   python tools/bench.py -m iris --shape features:8,4 --format json --plot out.png
+  python tools/bench.py -m resnet --images photos/ -b 8 --format multipart
 """
 
 
@@ -96,10 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="dims of an input with -1 in its shape (without the batch dim); repeatable",
     )
     parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="send the image files of DIR (jpg, png, webp, bmp, gif, tiff), in turn, as the "
+        "model's BYTES input; -b files per request",
+    )
+    parser.add_argument(
+        "--image-input",
+        metavar="NAME",
+        help="the input --images fills, when the model has several BYTES inputs",
+    )
+    parser.add_argument(
         "--format",
-        choices=["binary", "json"],
+        choices=["binary", "json", "multipart"],
         default="binary",
-        help="binary tensors (default) or JSON (servers without binary tensors: MLServer)",
+        help="binary tensors (default), JSON (servers without binary tensors: MLServer; files "
+        "as base64), or multipart/form-data (--images only: one file part per image)",
     )
     parser.add_argument(
         "-p",
@@ -170,6 +183,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{option} must be at least {low}, got {value}")
     if args.percentile is not None and not 0 < args.percentile < 100:
         parser.error(f"--percentile must be between 1 and 99, got {args.percentile}")
+    if not args.images and args.format == "multipart":
+        parser.error("--format multipart sends image files: it needs --images DIR")
+    if not args.images and args.image_input:
+        parser.error("--image-input names the input --images fills: it needs --images DIR")
+    if args.images and args.input_data not in ("zero", "random"):
+        parser.error(
+            f"--images gives the data of the image input; --input-data {args.input_data} "
+            "cannot be combined with it (zero or random fill the model's other inputs)"
+        )
     try:
         return run(args, mode, levels, shapes, headers)
     except BenchError as exc:
@@ -188,12 +210,15 @@ class Plan:
     """Whether the server answers the statistics extension."""
     described: str
     """The inputs in words."""
+    images: int | None = None
+    """Image files per request, with --images."""
 
 
 def prepare(
     args: argparse.Namespace, endpoint: Endpoint, shapes: dict[str, tuple[int, ...]]
 ) -> Plan:
     """The model and its requests, from the server's metadata and the options."""
+    files = images.read_folder(Path(args.images)) if args.images else None
     extensions = server_extensions(endpoint)
     model = describe_model(endpoint, args.model_name, args.model_version)
     if args.format == "binary" and "binary_tensor_data" not in extensions:
@@ -203,6 +228,8 @@ def prepare(
             file=sys.stderr,
         )
     stats = "statistics" in extensions and try_stats(endpoint, model) is not None
+    if files is not None:
+        return prepare_images(args, endpoint, model, shapes, files, stats)
     if args.input_data in ("zero", "random"):
         rng = np.random.default_rng(0)
         full = inputs.resolve_shapes(model, args.batch_size, shapes)
@@ -221,6 +248,34 @@ def prepare(
     if len(entries) > 1:
         described += f" ({len(entries)} data entries, in turn)"
     return Plan(model, requests, stats, described)
+
+
+def prepare_images(
+    args: argparse.Namespace,
+    endpoint: Endpoint,
+    model: Model,
+    shapes: dict[str, tuple[int, ...]],
+    files: list[images.ImageFile],
+    stats: bool,
+) -> Plan:
+    """--images: the files in the image input, the other inputs zero or random."""
+    tensor = images.image_input(model, args.image_input)
+    full = inputs.resolve_shapes(model, args.batch_size, shapes)
+    rng = np.random.default_rng(0)
+    others = {
+        t.name: inputs.generate(t.datatype, full[t.name], args.input_data, rng)
+        for t in model.inputs
+        if t.name != tensor.name
+    }
+    shape = full[tensor.name]
+    requests = images.image_requests(endpoint, model, tensor, files, shape, args.format, others)
+    count = int(np.prod(shape))
+    words = {t.name: f"{t.name} {t.datatype} {list(full[t.name])}" for t in model.inputs}
+    words[tensor.name] += f" ({len(files)} image files from {args.images}, {count} per request)"
+    described = ", ".join(words.values())
+    if len(requests) > 1:
+        described += f"; {len(requests)} distinct requests, in turn"
+    return Plan(model, requests, stats, described, count)
 
 
 def try_stats(endpoint: Endpoint, model: Model) -> ServerStats | None:
@@ -261,10 +316,10 @@ def run(
     model, requests, stats = plan.model, plan.requests, plan.stats
 
     def check(index: int, status: int, body: bytes) -> None:
+        label = requests[index].label
+        what = f"the infer request ({label})" if label else "the infer request"
         if not 200 <= status < 300:
-            raise BenchError(
-                f"the server refused the infer request with HTTP {status}: {error_message(body)}"
-            )
+            raise BenchError(f"the server refused {what} with HTTP {status}: {error_message(body)}")
         check_response(body)
 
     try:
@@ -367,14 +422,14 @@ def finish(
     aborted: bool,
 ) -> int:
     if results:
-        report.print_table(mode, results, args.percentile, plan.stats, sys.stdout)
+        report.print_table(mode, results, args.percentile, plan.stats, sys.stdout, plan.images)
         sys.stdout.flush()
         if args.latency_report_file:
-            report.write_csv(Path(args.latency_report_file), mode, results)
+            report.write_csv(Path(args.latency_report_file), mode, results, plan.images)
         if args.plot:
             title = f"{plan.model.name} (batch {args.batch_size})"
             report.plot(Path(args.plot), mode, results, title)
-    totals = report.totals_line(results, args.batch_size, None, len(plan.requests))
+    totals = report.totals_line(results, args.batch_size, plan.images, len(plan.requests))
     print(f"bench.py: {totals}", file=sys.stderr)
     for line in report.warnings(mode, results, args.measurement_interval):
         print(f"bench.py: warning: {line}", file=sys.stderr)
