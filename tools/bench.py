@@ -3,12 +3,14 @@
     python tools/bench.py -m MODEL [-x VERSION] [-u URL]
         [--concurrency-range START:END:STEP | --request-rate-range START:END:STEP]
         [-b BATCH] [--input-data zero|random|FILE.json] [--shape NAME:D1,D2]
-        [--format binary|json] [--measurement-interval MS] [--percentile N]
+        [--images DIR [--image-input NAME]] [--format binary|json|multipart]
+        [--measurement-interval MS] [--percentile N]
         [-H "Header: value"] [-f out.csv] [--plot out.png] [--workers N]
 
 A standalone tool: it talks to the server over HTTP only and imports nothing from `server`.
 The code is in tools/benchkit/ (target: the server and the model; inputs: the requests;
-connection and load: the load generators; measure: windows and stability; report: output).
+images: image files as the data; connection and load: the load generators; measure:
+windows and stability; report: output).
 See docs/bench.md.
 """
 

@@ -7,8 +7,11 @@ a minute on two loaded cores; nothing sleeps for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
+import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -21,20 +24,35 @@ import httpx
 import ml_dtypes
 import numpy as np
 import pytest
+import tritonclient.http as triton
+from PIL import Image
 
 from server.http.codec import decode_request
 from tests import onnx_models
-from tests.live import ROOT, free_port, live_server
-from tools.benchkit import inputs, report
+from tests.live import ROOT, free_port, live_server, wait_until
+from tools.benchkit import images, inputs, report
 from tools.benchkit.cli import check_response, main, parse_range
 from tools.benchkit.connection import HTTPConnection
 from tools.benchkit.load import Sample
 from tools.benchkit.measure import Level, Window, is_stable
-from tools.benchkit.report import CSV_COLUMNS
-from tools.benchkit.target import BenchError, Model, ServerStats, Tensor
+from tools.benchkit.report import BYTES_COLUMNS, CSV_COLUMNS
+from tools.benchkit.target import BenchError, Endpoint, Model, ServerStats, Tensor
 
 BENCH = ROOT / "tools" / "bench.py"
 QUICK = ["--measurement-interval", "200", "--max-trials", "3"]
+PHOTOS = """engine = "onnxruntime"
+max_batch_size = 8
+
+[images.INPUT0]
+color = "rgb"
+size = [6, 8]
+resize = "stretch"
+layout = "NCHW"
+"""
+TOTALS = re.compile(
+    r"sent ([\d,]+) requests, ([\d,]+) succeeded \(([\d,]+) inferences\); ([\d,]+) body bytes, "
+    r"([\d,.]+) per request(?:, ([\d,.]+) per image)?; and ([\d,]+) before measuring"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +69,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         'engine = "onnxruntime"\nmax_batch_size = 1\n\n[batching]\nmax_queue_size = 1\n'
         "\n[parameters]\nintra_op_threads = 1\n"
     )
+    # An image input (the identity shows what the server made of each file).
+    built = onnx_models.identity(root.parent / "built" / "model.onnx", "FP32", ["batch", 3, 6, 8])
+    onnx_models.model_folder(root, "photos", PHOTOS, {1: built})
     with live_server(root) as (url, _):
         yield url
 
@@ -75,6 +96,62 @@ def has_statistics(url: str) -> bool:
     return "statistics" in httpx.get(f"{url}/v2").json()["extensions"]
 
 
+def served(url: str, model: str) -> tuple[int, int]:
+    """The server's own (successful requests, inference_count) of `model`."""
+    [entry] = httpx.get(f"{url}/v2/models/{model}/stats").json()["model_stats"]
+    return entry["inference_stats"]["success"]["count"], entry["inference_count"]
+
+
+def totals(stderr: str) -> dict[str, float]:
+    """bench.py's closing line: every request it sent, and the bytes of their bodies."""
+    match = TOTALS.search(stderr)
+    assert match is not None, stderr
+    names = ("sent", "succeeded", "inferences", "bytes", "per_request", "per_image", "checked")
+    return {k: float(v.replace(",", "")) for k, v in zip(names, match.groups()) if v}
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three real image files (and what --images must pass over: another file, a folder)."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    pixels = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)  # noqa: E731
+    (folder / "a.png").write_bytes(encoded(Image.fromarray(pixels(6, 8)), "PNG"))
+    (folder / "b.JPG").write_bytes(encoded(Image.fromarray(pixels(23, 37)), "JPEG"))
+    (folder / "c.png").write_bytes(encoded(Image.fromarray(pixels(29, 13)[:, :, 0]), "PNG"))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "more.png").mkdir()
+    return folder
+
+
+def expected_body(fmt: str, files: list[Path]) -> bytes:
+    """A request body carrying `files` as tritonclient, a JSON client and httpx write it."""
+    data = [f.read_bytes() for f in files]
+    if fmt == "binary":
+        tensor = triton.InferInput("INPUT0", [len(data)], "BYTES")
+        tensor.set_data_from_numpy(np.array(data, dtype=np.object_), binary_data=True)
+        wanted = [triton.InferRequestedOutput("OUTPUT0", binary_data=True)]
+        body, _ = triton.InferenceServerClient.generate_request_body([tensor], outputs=wanted)
+        return bytes(body)
+    if fmt == "json":
+        entry = {"name": "INPUT0", "shape": [len(data)], "datatype": "BYTES",
+                 "parameters": {"content_type": "base64"},
+                 "data": [base64.b64encode(d).decode() for d in data]}  # fmt: skip
+        return json.dumps({"inputs": [entry]}, separators=(",", ":")).encode()
+    kinds = {".png": "image/png", ".jpg": "image/jpeg"}
+    form = [("INPUT0", (f.name, d, kinds[f.suffix.lower()])) for f, d in zip(files, data)]
+    content_type = f"multipart/form-data; boundary={images.BOUNDARY}"
+    return httpx.Request(
+        "POST", "http://x/", files=form, headers={"Content-Type": content_type}
+    ).read()
+
+
 # -- the command against the live server ------------------------------------------------
 
 
@@ -86,8 +163,17 @@ def test_concurrency_mode_writes_perf_analyzer_csv_and_plot(server: str, tmp_pat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "image FP32 [2, 64]" in result.stderr
     header, rows = read_csv(out)
-    assert header == ["Concurrency", *CSV_COLUMNS]
+    assert header == ["Concurrency", *CSV_COLUMNS, "Avg Request Bytes"]
     assert sorted(r["Concurrency"] for r in rows) == ["1", "3"]
+    # Every request is the same: its size, as the start line gives it, is the mean.
+    size = re.search(r"binary requests of ([\d,]+) bytes", result.stderr)
+    assert size is not None, result.stderr
+    body = int(size[1].replace(",", ""))
+    assert body > 2 * 64 * 4  # the header, then two rows of 64 FP32
+    assert {int(r["Avg Request Bytes"]) for r in rows} == {body}
+    counted = totals(result.stderr)
+    assert counted["sent"] == counted["succeeded"] > 0
+    assert counted["bytes"] == counted["sent"] * body
     throughputs = [float(r["Inferences/Second"]) for r in rows]
     assert throughputs == sorted(throughputs)  # perf_analyzer orders rows by throughput
     for row in rows:
@@ -100,7 +186,7 @@ def test_concurrency_mode_writes_perf_analyzer_csv_and_plot(server: str, tmp_pat
         )
         # Server-side columns are filled exactly when the server offers statistics.
         assert (int(row["Server Compute Infer"]) > 0) == has_statistics(server)
-    assert result.stdout.splitlines()[0].split()[:2] == ["Concurrency", "infer/s"]
+    assert result.stdout.splitlines()[0].split()[:3] == ["Concurrency", "infer/s", "bytes/req"]
 
 
 def test_request_rate_mode_keeps_the_schedule(server: str, tmp_path: Path) -> None:
@@ -109,7 +195,7 @@ def test_request_rate_mode_keeps_the_schedule(server: str, tmp_path: Path) -> No
                    "-f", str(out), *QUICK)  # fmt: skip
     assert result.returncode == 0, result.stderr
     header, rows = read_csv(out)
-    assert header[0] == "Request Rate" and header[1:] == list(CSV_COLUMNS)
+    assert header == ["Request Rate", *CSV_COLUMNS, "Avg Request Bytes"]
     for row in rows:
         target = float(row["Request Rate"])
         # Open loop: the server answers far faster than 200/s, so it sees the target rate.
@@ -124,6 +210,79 @@ def test_workers_split_the_load_and_merge_their_results(server: str) -> None:
     assert "model 'digits' version 1 at" in result.stderr and "2 load worker(s)" in result.stderr
     row = result.stdout.splitlines()[1].split()
     assert row[0] == "4" and float(row[1].replace(",", "")) > 0
+
+
+@pytest.mark.parametrize("fmt", ["binary", "json", "multipart"])
+def test_images_go_in_turn_and_the_server_counts_what_bench_reports(
+    server: str, photos: Path, fmt: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "images.csv"
+    before = served(server, "photos")
+    result = bench("-m", "photos", "-u", server, "--images", str(photos), "-b", "2",
+                   "--format", fmt, "--concurrency-range", "2", "-f", str(out), *QUICK)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"INPUT0 BYTES [2] (3 image files from {photos}, 2 per request); 3 distinct requests, "
+        f"in turn; {fmt} requests of" in result.stderr
+    )
+    counted = totals(result.stderr)
+    assert counted["sent"] == counted["succeeded"] > 0  # no errors, none lost
+    assert counted["inferences"] == 2 * counted["succeeded"]
+    assert counted["checked"] == 3
+    # The server saw every request bench.py sent, and the three it checked first: no more.
+    requests = counted["succeeded"] + counted["checked"]
+    wait_until(lambda: served(server, "photos")[0] - before[0] >= requests, "the stats")
+    after = served(server, "photos")
+    assert (after[0] - before[0], after[1] - before[1]) == (requests, 2 * requests)
+    # Sorted by name, two a request, wrapping round: (a, b), (c, a), (b, c), then again.
+    a, b, c = photos / "a.png", photos / "b.JPG", photos / "c.png"
+    sizes = [len(expected_body(fmt, pair)) for pair in ([a, b], [c, a], [b, c])]
+    sent = int(counted["sent"])
+    assert counted["bytes"] == sum(sizes[i % 3] for i in range(sent))
+    assert counted["per_image"] == pytest.approx(counted["bytes"] / sent / 2, abs=0.05)
+    header, [row] = read_csv(out)
+    assert header[-2:] == list(BYTES_COLUMNS)
+    assert min(sizes) <= int(row["Avg Request Bytes"]) <= max(sizes)
+    assert int(row["Avg Image Bytes"]) == pytest.approx(int(row["Avg Request Bytes"]) / 2, abs=1)
+    table = result.stdout.splitlines()
+    assert table[0].split()[:4] == ["Concurrency", "infer/s", "bytes/req", "bytes/image"]
+    assert int(table[1].split()[2].replace(",", "")) == int(row["Avg Request Bytes"])
+
+
+def test_a_file_the_server_refuses_stops_the_run_naming_the_files(
+    server: str, photos: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "a.png").write_bytes((photos / "a.png").read_bytes())
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    result = bench("-m", "photos", "-u", server, "--images", str(tmp_path), *QUICK)
+    assert result.returncode == 1
+    assert (
+        "the server refused the infer request (files broken.png) with HTTP 400: input 'INPUT0' "
+        "element 0: not an image file" in result.stderr
+    )
+
+
+def test_images_need_a_bytes_input(server: str, photos: Path) -> None:
+    result = bench("-m", "digits", "-u", server, "--images", str(photos), *QUICK)
+    assert result.returncode == 1
+    assert (
+        "--images: model 'digits' has no BYTES input to carry image files (its inputs: image "
+        "FP32)" in result.stderr
+    )
+
+
+def test_images_need_a_folder_with_image_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "readme.txt").write_text("no pictures here")
+    for folder, message in (
+        (tmp_path, f"--images {tmp_path}: no image files in it (looked for bmp, gif, jpeg, jpg"),
+        (tmp_path / "nosuch", f"--images {tmp_path / 'nosuch'}: does not exist"),
+        (tmp_path / "readme.txt", f"--images {tmp_path / 'readme.txt'}: is not a directory"),
+    ):
+        # Before the server is asked anything: there is none at this address.
+        assert main(["-m", "m", "-u", f"127.0.0.1:{free_port()}", "--images", str(folder)]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_shape_fills_dynamic_dims(server: str) -> None:
@@ -245,6 +404,9 @@ def test_unknown_model_lists_the_known_ones(server: str) -> None:
         ["--percentile", "100"],
         ["--workers", "0"],
         ["--concurrency-range", "1", "--request-rate-range", "10"],
+        ["--format", "multipart"],
+        ["--image-input", "INPUT0"],
+        ["--images", ".", "--input-data", "data.json"],
     ],
 )
 def test_bad_command_lines_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -367,6 +529,54 @@ def test_warnings_name_a_saturated_client_and_a_missed_schedule() -> None:
     assert lines[1].startswith("request rate 500/s: 5.0% of the requests went out late")
     unstable = Level.of(2, [window(1000, 100), window(2000, 100), window(1000, 100)], False, None)
     assert "not stable within 3 windows" in report.warnings("concurrency", [unstable], 1000)[0]
+
+
+def test_image_bodies_are_what_tritonclient_json_clients_and_httpx_send(photos: Path) -> None:
+    model = Model("photos", None, (Tensor("INPUT0", "BYTES", (-1,)),), ("OUTPUT0",), 8)
+    endpoint = Endpoint("127.0.0.1", 8000)
+    files = images.read_folder(photos)
+    assert [f.name for f in files] == ["a.png", "b.JPG", "c.png"]
+    tensor = images.image_input(model, None)
+    for fmt in ("binary", "json", "multipart"):
+        requests = images.image_requests(endpoint, model, tensor, files, (2,), fmt, {})
+        assert [r.label for r in requests] == [
+            "files a.png, b.JPG",
+            "files c.png, a.png",
+            "files b.JPG, c.png",
+        ]
+        for request, pair in zip(requests, ([0, 1], [2, 0], [1, 2])):
+            want = expected_body(fmt, [photos / files[i].name for i in pair])
+            assert request.wire.endswith(b"\r\n\r\n" + want), fmt
+            assert request.body_size == len(want)
+            assert f"Content-Length: {len(want)}\r\n".encode() in request.wire
+            if fmt != "multipart":  # and the server's own decoder reads the files back
+                header = request.wire.split(b"Inference-Header-Content-Length: ")[1:]
+                length = header[0].split(b"\r\n")[0].decode() if header else None
+                [decoded] = decode_request(want, length).inputs
+                assert [bytes(v) for v in decoded.array] == [files[i].data for i in pair]
+    assert b"Content-Type: multipart/form-data; boundary=" in requests[0].wire
+
+
+def test_the_image_input_is_the_bytes_one_or_the_one_named() -> None:
+    two = Model("m", None, (Tensor("a", "BYTES", (-1,)), Tensor("b", "BYTES", (-1,)),
+                            Tensor("c", "FP32", (-1, 2))), (), 8)  # fmt: skip
+    with pytest.raises(BenchError, match=r"2 BYTES inputs \(a, b\); choose one with --image-input"):
+        images.image_input(two, None)
+    assert images.image_input(two, "b").name == "b"
+    with pytest.raises(BenchError, match="--image-input c: the input is FP32"):
+        images.image_input(two, "c")
+    with pytest.raises(BenchError, match=r"no such input \(its inputs: a BYTES, b BYTES, c FP32\)"):
+        images.image_input(two, "d")
+    tensor = images.image_input(two, "a")
+    others = {"b": np.array([b"x"], dtype=object), "c": np.zeros((1, 2), np.float32)}
+    endpoint = Endpoint("127.0.0.1", 8000)
+    files = [images.ImageFile("x.png", b"x")]
+    with pytest.raises(BenchError, match=r"inputs besides a \(b, c\), which a form of files"):
+        images.image_requests(endpoint, two, tensor, files, (1,), "multipart", others)
+    # Five files, three a request: every file equally often after five requests.
+    five = [images.ImageFile(f"{i}.png", b"") for i in range(5)]
+    order = [f.name[0] for batch in images.batches(five, 3) for f in batch]
+    assert "".join(order) == "012340123401234"
 
 
 def test_a_2xx_answer_must_be_a_v2_inference_response() -> None:

@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import inputs, report
+from . import images, inputs, report
 from .load import WorkerPool, probe
 from .measure import Level, Window, is_stable
 from .target import (
@@ -34,6 +35,7 @@ examples:
   python tools/bench.py -m digits --concurrency-range 1:8:2 -b 4
   python tools/bench.py -m tiny -u localhost:8000 --request-rate-range 500:2000:500 -f out.csv
   python tools/bench.py -m iris --shape features:8,4 --format json --plot out.png
+  python tools/bench.py -m resnet --images photos/ -b 8 --format multipart
 """
 
 
@@ -95,10 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="dims of an input with -1 in its shape (without the batch dim); repeatable",
     )
     parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="send the image files of DIR (jpg, png, webp, bmp, gif, tiff), in turn, as the "
+        "model's BYTES input; -b files per request",
+    )
+    parser.add_argument(
+        "--image-input",
+        metavar="NAME",
+        help="the input --images fills, when the model has several BYTES inputs",
+    )
+    parser.add_argument(
         "--format",
-        choices=["binary", "json"],
+        choices=["binary", "json", "multipart"],
         default="binary",
-        help="binary tensors (default) or JSON (servers without binary tensors: MLServer)",
+        help="binary tensors (default), JSON (servers without binary tensors: MLServer; files "
+        "as base64), or multipart/form-data (--images only: one file part per image)",
     )
     parser.add_argument(
         "-p",
@@ -169,6 +183,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{option} must be at least {low}, got {value}")
     if args.percentile is not None and not 0 < args.percentile < 100:
         parser.error(f"--percentile must be between 1 and 99, got {args.percentile}")
+    if not args.images and args.format == "multipart":
+        parser.error("--format multipart sends image files: it needs --images DIR")
+    if not args.images and args.image_input:
+        parser.error("--image-input names the input --images fills: it needs --images DIR")
+    if args.images and args.input_data not in ("zero", "random"):
+        parser.error(
+            f"--images gives the data of the image input; --input-data {args.input_data} "
+            "cannot be combined with it (zero or random fill the model's other inputs)"
+        )
     try:
         return run(args, mode, levels, shapes, headers)
     except BenchError as exc:
@@ -176,12 +199,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+@dataclass
+class Plan:
+    """What a run sends, found before it starts."""
+
+    model: Model
+    requests: list[inputs.Request]
+    """One per distinct request, in the order the load sends them (and round again)."""
+    stats: bool
+    """Whether the server answers the statistics extension."""
+    described: str
+    """The inputs in words."""
+    images: int | None = None
+    """Image files per request, with --images."""
+
+
 def prepare(
     args: argparse.Namespace, endpoint: Endpoint, shapes: dict[str, tuple[int, ...]]
-) -> tuple[Model, list[inputs.Request], bool, str]:
-    """The model, its requests, whether the server has statistics, and the inputs in words."""
+) -> Plan:
+    """The model and its requests, from the server's metadata and the options."""
+    files = images.read_folder(Path(args.images)) if args.images else None
     extensions = server_extensions(endpoint)
     model = describe_model(endpoint, args.model_name, args.model_version)
+    if args.format == "binary" and "binary_tensor_data" not in extensions:
+        print(
+            "bench.py: warning: the server does not list the binary_tensor_data extension; "
+            "if requests fail, use --format json",
+            file=sys.stderr,
+        )
+    stats = "statistics" in extensions and try_stats(endpoint, model) is not None
+    if files is not None:
+        return prepare_images(args, endpoint, model, shapes, files, stats)
     if args.input_data in ("zero", "random"):
         rng = np.random.default_rng(0)
         full = inputs.resolve_shapes(model, args.batch_size, shapes)
@@ -193,21 +241,41 @@ def prepare(
         ]
     else:
         entries = inputs.load_data_file(Path(args.input_data), model, args.batch_size, shapes)
-    binary = args.format == "binary"
-    if binary and "binary_tensor_data" not in extensions:
-        print(
-            "bench.py: warning: the server does not list the binary_tensor_data extension; "
-            "if requests fail, use --format json",
-            file=sys.stderr,
-        )
-    requests = inputs.build_requests(endpoint, model, entries, binary)
-    stats = "statistics" in extensions and try_stats(endpoint, model) is not None
+    requests = inputs.build_requests(endpoint, model, entries, args.format == "binary")
     described = ", ".join(
         f"{t.name} {t.datatype} {list(entries[0][t.name].shape)}" for t in model.inputs
     )
     if len(entries) > 1:
         described += f" ({len(entries)} data entries, in turn)"
-    return model, requests, stats, described
+    return Plan(model, requests, stats, described)
+
+
+def prepare_images(
+    args: argparse.Namespace,
+    endpoint: Endpoint,
+    model: Model,
+    shapes: dict[str, tuple[int, ...]],
+    files: list[images.ImageFile],
+    stats: bool,
+) -> Plan:
+    """--images: the files in the image input, the other inputs zero or random."""
+    tensor = images.image_input(model, args.image_input)
+    full = inputs.resolve_shapes(model, args.batch_size, shapes)
+    rng = np.random.default_rng(0)
+    others = {
+        t.name: inputs.generate(t.datatype, full[t.name], args.input_data, rng)
+        for t in model.inputs
+        if t.name != tensor.name
+    }
+    shape = full[tensor.name]
+    requests = images.image_requests(endpoint, model, tensor, files, shape, args.format, others)
+    count = int(np.prod(shape))
+    words = {t.name: f"{t.name} {t.datatype} {list(full[t.name])}" for t in model.inputs}
+    words[tensor.name] += f" ({len(files)} image files from {args.images}, {count} per request)"
+    described = ", ".join(words.values())
+    if len(requests) > 1:
+        described += f"; {len(requests)} distinct requests, in turn"
+    return Plan(model, requests, stats, described, count)
 
 
 def try_stats(endpoint: Endpoint, model: Model) -> ServerStats | None:
@@ -244,22 +312,26 @@ def run(
     if args.plot:
         report.check_plotting()
     endpoint = Endpoint.parse(args.url, headers)
-    model, requests, stats, described = prepare(args, endpoint, shapes)
-    address = (endpoint.host, endpoint.port)
-    for request in requests:
-        try:
-            address, status, body = probe((endpoint.host, endpoint.port), request.wire)
-        except OSError as exc:
-            raise BenchError(f"cannot send an infer request to {endpoint.base}: {exc}") from None
+    plan = prepare(args, endpoint, shapes)
+    model, requests, stats = plan.model, plan.requests, plan.stats
+
+    def check(index: int, status: int, body: bytes) -> None:
+        label = requests[index].label
+        what = f"the infer request ({label})" if label else "the infer request"
         if not 200 <= status < 300:
-            raise BenchError(
-                f"the server refused the infer request with HTTP {status}: {error_message(body)}"
-            )
+            raise BenchError(f"the server refused {what} with HTTP {status}: {error_message(body)}")
         check_response(body)
+
+    try:
+        address = probe((endpoint.host, endpoint.port), [r.wire for r in requests], check)
+    except OSError as exc:
+        raise BenchError(f"cannot send an infer request to {endpoint.base}: {exc}") from None
     version = f" version {model.version}" if model.version else ""
+    sizes = sorted(r.body_size for r in requests)
+    size = f"{sizes[0]:,}" if sizes[0] == sizes[-1] else f"{sizes[0]:,} to {sizes[-1]:,}"
     print(
-        f"bench.py: model '{model.name}'{version} at {endpoint.base}: {described}; "
-        f"{args.format} requests of {requests[0].body_size} bytes, batch {args.batch_size}; "
+        f"bench.py: model '{model.name}'{version} at {endpoint.base}: {plan.described}; "
+        f"{args.format} requests of {size} bytes, batch {args.batch_size}; "
         f"{args.workers} load worker(s); server statistics: {'yes' if stats else 'not offered'}",
         file=sys.stderr,
     )
@@ -267,7 +339,9 @@ def run(
     progress = report.Progress(mode, args.max_trials, args.percentile)
     results: list[Level] = []
     interrupted = aborted = False
-    pool = WorkerPool(args.workers, address, [r.wire for r in requests])
+    pool = WorkerPool(
+        args.workers, address, [r.wire for r in requests], [r.body_size for r in requests]
+    )
     try:
         for value in levels:
             progress.start_level(value)
@@ -285,7 +359,7 @@ def run(
         progress.close()
         pool.close()
         endpoint.close()
-    return finish(args, mode, model, results, stats, interrupted, aborted)
+    return finish(args, mode, plan, results, interrupted, aborted)
 
 
 def measure_level(
@@ -332,28 +406,31 @@ def measure_level(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        pool.stop()
+        tail = pool.stop()
     if not windows:
         return None, aborted, interrupted
-    return Level.of(value, windows, stable, args.percentile), aborted, interrupted
+    rest = Window.merge(tail, args.batch_size, None)
+    return Level.of(value, windows, stable, args.percentile, rest), aborted, interrupted
 
 
 def finish(
     args: argparse.Namespace,
     mode: str,
-    model: Model,
+    plan: Plan,
     results: list[Level],
-    stats: bool,
     interrupted: bool,
     aborted: bool,
 ) -> int:
     if results:
-        report.print_table(mode, results, args.percentile, stats, sys.stdout)
+        report.print_table(mode, results, args.percentile, plan.stats, sys.stdout, plan.images)
         sys.stdout.flush()
         if args.latency_report_file:
-            report.write_csv(Path(args.latency_report_file), mode, results)
+            report.write_csv(Path(args.latency_report_file), mode, results, plan.images)
         if args.plot:
-            report.plot(Path(args.plot), mode, results, f"{model.name} (batch {args.batch_size})")
+            title = f"{plan.model.name} (batch {args.batch_size})"
+            report.plot(Path(args.plot), mode, results, title)
+    totals = report.totals_line(results, args.batch_size, plan.images, len(plan.requests))
+    print(f"bench.py: {totals}", file=sys.stderr)
     for line in report.warnings(mode, results, args.measurement_interval):
         print(f"bench.py: warning: {line}", file=sys.stderr)
     errors = sum(level.error_count for level in results)

@@ -13,6 +13,7 @@ the run cycles through them.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import sys
@@ -49,6 +50,8 @@ class Request:
 
     wire: bytes
     body_size: int
+    label: str = ""
+    """What it carries, for an error message (the files, with --images)."""
 
 
 def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
@@ -211,9 +214,14 @@ def _json_data(datatype: str, array: np.ndarray) -> list[Any]:
 
 
 def encode_body(
-    model: Model, arrays: dict[str, np.ndarray], binary: bool
+    model: Model, arrays: dict[str, np.ndarray], binary: bool, files: str | None = None
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length or None) of one infer request in KServe v2 form."""
+    """(body, JSON header length or None) of one infer request in KServe v2 form.
+
+    `files` names the BYTES input whose elements are files (--images): in JSON they go as
+    base64 with `"parameters": {"content_type": "base64"}`, as MLServer and this server take
+    files.
+    """
     inputs: list[dict[str, Any]] = []
     raw: list[bytes] = []
     for tensor in model.inputs:
@@ -227,6 +235,9 @@ def encode_body(
             data = _raw(tensor.datatype, array)
             entry["parameters"] = {"binary_data_size": len(data)}
             raw.append(data)
+        elif tensor.name == files:
+            entry["parameters"] = {"content_type": "base64"}
+            entry["data"] = [base64.b64encode(b).decode("ascii") for b in array.ravel()]
         else:
             entry["data"] = _json_data(tensor.datatype, array)
         inputs.append(entry)
@@ -247,32 +258,48 @@ def encode_body(
 
 
 def build_requests(
-    endpoint: Endpoint, model: Model, entries: list[dict[str, np.ndarray]], binary: bool
+    endpoint: Endpoint,
+    model: Model,
+    entries: list[dict[str, np.ndarray]],
+    binary: bool,
+    files: str | None = None,
+    labels: list[str] | None = None,
 ) -> list[Request]:
     """The complete HTTP/1.1 infer requests (head and body), one per data entry."""
     requests = []
-    for arrays in entries:
-        body, header_length = encode_body(model, arrays, binary)
-        headers = {
-            "host": ("Host", endpoint.host_header),
-            "content-type": (
-                "Content-Type",
-                "application/octet-stream" if header_length is not None else "application/json",
-            ),
-        }
-        if header_length is not None:
-            headers["inference-header-content-length"] = (
-                "Inference-Header-Content-Length",
-                str(header_length),
-            )
-        for name, value in endpoint.headers:  # -H replaces a default of the same name
-            headers[name.lower()] = (name, value)
-        headers["content-length"] = ("Content-Length", str(len(body)))
-        head = f"POST {endpoint.prefix}{model.path}/infer HTTP/1.1\r\n" + "".join(
-            f"{name}: {value}\r\n" for name, value in headers.values()
-        )
-        requests.append(Request((head + "\r\n").encode("latin-1") + body, len(body)))
+    for index, arrays in enumerate(entries):
+        body, header_length = encode_body(model, arrays, binary, files)
+        content_type = "application/octet-stream" if binary else "application/json"
+        label = labels[index] if labels else ""
+        requests.append(infer_request(endpoint, model, body, content_type, header_length, label))
     return requests
+
+
+def infer_request(
+    endpoint: Endpoint,
+    model: Model,
+    body: bytes,
+    content_type: str,
+    header_length: int | None = None,
+    label: str = "",
+) -> Request:
+    """`body` as a complete HTTP/1.1 POST to the model's infer URL."""
+    headers = {
+        "host": ("Host", endpoint.host_header),
+        "content-type": ("Content-Type", content_type),
+    }
+    if header_length is not None:
+        headers["inference-header-content-length"] = (
+            "Inference-Header-Content-Length",
+            str(header_length),
+        )
+    for name, value in endpoint.headers:  # -H replaces a default of the same name
+        headers[name.lower()] = (name, value)
+    headers["content-length"] = ("Content-Length", str(len(body)))
+    head = f"POST {endpoint.prefix}{model.path}/infer HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.values()
+    )
+    return Request((head + "\r\n").encode("latin-1") + body, len(body), label)
 
 
 def parse_header_option(text: str) -> tuple[str, str]:

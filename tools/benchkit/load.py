@@ -22,7 +22,7 @@ import time
 import traceback
 from array import array
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from time import perf_counter_ns
@@ -53,16 +53,22 @@ class Sample:
     """'HTTP 400' / 'connection' -> [count, first message]."""
     cpu_s: float = 0.0
     sent: int = 0
+    sent_bytes: int = 0
+    """Body bytes of the requests sent."""
     delayed: int = 0
 
 
 class Worker:
     """The load loop of one process, driven by commands on a pipe."""
 
-    def __init__(self, pipe: Connection, address: tuple[str, int], requests: list[bytes]):
+    def __init__(
+        self, pipe: Connection, address: tuple[str, int], requests: list[bytes], sizes: list[int]
+    ) -> None:
         self.pipe = pipe
         self.address = address
         self.requests = requests
+        self.sizes = sizes
+        """The body size of each request, for the bytes on the wire."""
         self.next_request = 0
         self.running = False
         self.idle: deque[HTTPConnection] = deque()
@@ -75,7 +81,7 @@ class Worker:
 
     def _reset(self) -> None:
         self.latencies: array[int] = array("q")
-        self.send_ns = self.recv_ns = self.sent = self.delayed = 0
+        self.send_ns = self.recv_ns = self.sent = self.sent_bytes = self.delayed = 0
         self.errors: dict[str, list[Any]] = {}
         self.window_start = perf_counter_ns()
         self.cpu_start = time.process_time()
@@ -110,7 +116,8 @@ class Worker:
                     with contextlib.suppress(asyncio.CancelledError):
                         await level
                 await self._drain()
-                self.pipe.send(("stopped",))
+                # What was sent and answered since the last sample: the server saw it too.
+                self.pipe.send(("stopped", self.sample()))
             elif command[0] == "exit":
                 for conn in list(self.connections):
                     conn.close()
@@ -126,6 +133,7 @@ class Worker:
             errors=self.errors,
             cpu_s=time.process_time() - self.cpu_start,
             sent=self.sent,
+            sent_bytes=self.sent_bytes,
             delayed=self.delayed,
         )
         self._reset()
@@ -148,10 +156,11 @@ class Worker:
         return conn
 
     def _send(self, conn: HTTPConnection) -> None:
-        request = self.requests[self.next_request]
-        self.next_request = (self.next_request + 1) % len(self.requests)
+        index = self.next_request
+        self.next_request = (index + 1) % len(self.requests)
         self.sent += 1
-        conn.send(request)
+        self.sent_bytes += self.sizes[index]
+        conn.send(self.requests[index])
 
     def _on_response(self, conn: HTTPConnection, status: int, body: bytes) -> None:
         if 200 <= status < 300:
@@ -272,10 +281,12 @@ class Worker:
         self.idle = deque(c for c in self.connections if not c.closed and not c.busy)
 
 
-def worker_main(pipe: Connection, address: tuple[str, int], requests: list[bytes]) -> None:
+def worker_main(
+    pipe: Connection, address: tuple[str, int], requests: list[bytes], sizes: list[int]
+) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    worker = Worker(pipe, address, requests)
+    worker = Worker(pipe, address, requests, sizes)
     try:
         import uvloop
 
@@ -288,14 +299,16 @@ def worker_main(pipe: Connection, address: tuple[str, int], requests: list[bytes
 class WorkerPool:
     """`count` load processes; a level's concurrency or rate is split between them."""
 
-    def __init__(self, count: int, address: tuple[str, int], requests: list[bytes]) -> None:
+    def __init__(
+        self, count: int, address: tuple[str, int], requests: list[bytes], sizes: list[int]
+    ) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self.pipes: list[Connection] = []
         self.processes = []
         for _ in range(count):
             parent, child = context.Pipe()
             process = context.Process(
-                target=worker_main, args=(child, address, requests), daemon=True
+                target=worker_main, args=(child, address, requests, sizes), daemon=True
             )
             process.start()
             child.close()
@@ -334,10 +347,11 @@ class WorkerPool:
             pipe.send(("sample",))
         return self._expect("sample")
 
-    def stop(self) -> None:
+    def stop(self) -> list[Sample]:
+        """Stop the level; each worker's sample of what it did after the last one."""
         for pipe in self.pipes:
             pipe.send(("stop",))
-        self._expect("stopped")
+        return self._expect("stopped")
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -350,32 +364,47 @@ class WorkerPool:
                 process.join()
 
 
-async def _probe(address: tuple[str, int], request: bytes) -> tuple[tuple[str, int], int, bytes]:
+async def _probe(
+    address: tuple[str, int], requests: Sequence[bytes], check: Callable[[int, int, bytes], None]
+) -> tuple[str, int]:
     loop = asyncio.get_running_loop()
-    answer: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+    answer: asyncio.Future[tuple[int, bytes]] | None = None
 
     def on_response(conn: HTTPConnection, status: int, body: bytes) -> None:
+        assert answer is not None
         answer.set_result((status, body))
 
     def on_failure(conn: HTTPConnection, reason: str) -> None:
+        assert answer is not None
         answer.set_exception(ConnectionError(reason))
 
-    transport, conn = await loop.create_connection(
-        lambda: HTTPConnection(on_response, on_failure), *address
-    )
+    conn: HTTPConnection | None = None
+    peer: tuple[str, int] = address
     try:
-        peer = transport.get_extra_info("peername")
-        conn.keep_body = True
-        conn.send(request)
-        status, body = await asyncio.wait_for(answer, 30)
-        return (str(peer[0]), int(peer[1])), status, body
+        for index, request in enumerate(requests):
+            if conn is None or conn.closed:  # the first, or the server closed the last one
+                transport, conn = await loop.create_connection(
+                    lambda: HTTPConnection(on_response, on_failure), *address
+                )
+                name = transport.get_extra_info("peername")
+                peer = (str(name[0]), int(name[1]))
+                conn.keep_body = True
+            answer = loop.create_future()
+            conn.send(request)
+            status, body = await asyncio.wait_for(answer, 30)
+            check(index, status, body)
+        return peer
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
-def probe(address: tuple[str, int], request: bytes) -> tuple[tuple[str, int], int, bytes]:
-    """Send one request on the load path's own connection: (peer address, status, body).
+def probe(
+    address: tuple[str, int], requests: Sequence[bytes], check: Callable[[int, int, bytes], None]
+) -> tuple[str, int]:
+    """Send each request once, in turn, on the load path's own kind of connection, and pass
+    each answer to `check(index, status, body)` (which raises to stop); the peer address.
 
     The peer address (host name resolved once) is what the workers connect to.
     """
-    return asyncio.run(_probe(address, request))
+    return asyncio.run(_probe(address, requests, check))

@@ -46,6 +46,8 @@ class Window:
     delayed: int
     duration_s: float
     server: ServerStats | None = None
+    sent_bytes: int = 0
+    """Body bytes of the requests sent."""
 
     @classmethod
     def merge(cls, samples: Sequence[Sample], batch: int, server: ServerStats | None) -> Window:
@@ -69,6 +71,7 @@ class Window:
             delayed=sum(s.delayed for s in samples),
             duration_s=max(s.duration_ns for s in samples) / 1e9,
             server=server,
+            sent_bytes=sum(s.sent_bytes for s in samples),
         )
 
     @property
@@ -109,6 +112,32 @@ def is_stable(
     return True
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Every request of a level (or a run): all its windows, and those still in flight when it
+    stopped. What the server saw, to compare with its own counts."""
+
+    sent: int = 0
+    succeeded: int = 0
+    body_bytes: int = 0
+    """Bytes of the bodies sent."""
+
+    @classmethod
+    def of(cls, windows: Sequence[Window]) -> Totals:
+        return cls(
+            sum(w.sent for w in windows),
+            sum(w.successes for w in windows),
+            sum(w.sent_bytes for w in windows),
+        )
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(
+            self.sent + other.sent,
+            self.succeeded + other.succeeded,
+            self.body_bytes + other.body_bytes,
+        )
+
+
 @dataclass
 class Level:
     """The result of one concurrency or request-rate level."""
@@ -127,9 +156,21 @@ class Level:
     cpu: list[float] = field(default_factory=list)
     sent: int = 0
     delayed: int = 0
+    request_bytes: float = 0.0
+    """Mean body bytes of the requests sent in the pooled windows."""
+    totals: Totals = field(default_factory=Totals)
 
     @classmethod
-    def of(cls, value: float, windows: list[Window], stable: bool, percentile: int | None) -> Level:
+    def of(
+        cls,
+        value: float,
+        windows: list[Window],
+        stable: bool,
+        percentile: int | None,
+        tail: Window | None = None,
+    ) -> Level:
+        """The level from its windows; `tail` is what was sent and answered after the last
+        one (counted in the totals only)."""
         level = cls(value, windows, stable, percentile)
         last = windows[-STABILITY_WINDOWS:]
         level.throughput = sum(w.throughput for w in last) / len(last)
@@ -154,6 +195,11 @@ class Level:
         level.cpu = [sum(w.cpu[i] for w in last) / len(last) for i in range(workers)]
         level.sent = sum(w.sent for w in last)
         level.delayed = sum(w.delayed for w in last)
+        if level.sent:
+            level.request_bytes = sum(w.sent_bytes for w in last) / level.sent
+        level.totals = Totals.of([*windows, *([tail] if tail is not None else [])])
+        if tail is not None:
+            merge_errors(level.errors, tail.errors)
         return level
 
     @property

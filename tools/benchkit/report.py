@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .measure import STABILITY_WINDOWS, Level, Window
+from .measure import STABILITY_WINDOWS, Level, Totals, Window
 from .target import BenchError
 
 try:
@@ -103,13 +103,20 @@ def _us(value: float) -> str:
 
 
 def table_rows(
-    mode: str, levels: Sequence[Level], percentile: int | None, stats: bool
+    mode: str,
+    levels: Sequence[Level],
+    percentile: int | None,
+    stats: bool,
+    images: int | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """The final table's header and rows (strings)."""
+    """The final table's header and rows (strings); `images`: files per request (--images)."""
     keys = ["avg", "p50", "p90", "p95", "p99"]
     if percentile and f"p{percentile}" not in keys:
         keys.append(f"p{percentile}")
-    header = [mode_label(mode), "infer/s", *(f"{k} us" for k in keys)]
+    header = [mode_label(mode), "infer/s", "bytes/req"]
+    if images:
+        header.append("bytes/image")
+    header += [f"{k} us" for k in keys]
     if stats:
         header += ["server queue us", "server compute us"]
     header += ["client CPU", "errors"]
@@ -118,7 +125,9 @@ def table_rows(
     header.append("stable")
     rows = []
     for level in levels:
-        row = [f"{level.value:g}", f"{level.throughput:,.1f}"]
+        row = [f"{level.value:g}", f"{level.throughput:,.1f}", f"{level.request_bytes:,.0f}"]
+        if images:
+            row.append(f"{level.request_bytes / images:,.0f}")
         row += [_us(level.latency(k)) for k in keys]
         if stats:
             b = level.breakdown_us()
@@ -133,9 +142,14 @@ def table_rows(
 
 
 def print_table(
-    mode: str, levels: Sequence[Level], percentile: int | None, stats: bool, out: TextIO
+    mode: str,
+    levels: Sequence[Level],
+    percentile: int | None,
+    stats: bool,
+    out: TextIO,
+    images: int | None = None,
 ) -> None:
-    header, rows = table_rows(mode, levels, percentile, stats)
+    header, rows = table_rows(mode, levels, percentile, stats, images)
     if rich is not None and out.isatty():
         table = rich.table.Table(*header)
         for column in table.columns[1:]:
@@ -188,6 +202,21 @@ def warnings(mode: str, levels: Sequence[Level], interval_ms: int) -> list[str]:
     return lines
 
 
+def totals_line(levels: Sequence[Level], batch: int, images: int | None, checked: int) -> str:
+    """Every request of the run, beside the `checked` ones sent before measuring: what the
+    server's own counts (its statistics) should have gone up by."""
+    total = sum((level.totals for level in levels), Totals())
+    text = (
+        f"sent {total.sent:,} requests, {total.succeeded:,} succeeded "
+        f"({total.succeeded * batch:,} inferences); {total.body_bytes:,} body bytes"
+    )
+    if total.sent:
+        text += f", {total.body_bytes / total.sent:,.1f} per request"
+        if images:
+            text += f", {total.body_bytes / total.sent / images:,.1f} per image"
+    return text + f"; and {checked:,} before measuring, each distinct request once"
+
+
 def error_lines(levels: Sequence[Level], mode: str) -> list[str]:
     lines = []
     for level in levels:
@@ -213,20 +242,30 @@ CSV_COLUMNS = (
     "request/response",
     "response wait",
 )
+"""perf_analyzer's columns after the level, in its order."""
+BYTES_COLUMNS = ("Avg Request Bytes", "Avg Image Bytes")
+"""After them, as perf_analyzer's --verbose-csv adds its own: the mean body bytes per request,
+and per image file with --images."""
 
 
-def write_csv(path: Path, mode: str, levels: Sequence[Level]) -> None:
-    """perf_analyzer's CSV layout (microseconds; rows by increasing throughput, as it sorts)."""
+def write_csv(path: Path, mode: str, levels: Sequence[Level], images: int | None = None) -> None:
+    """perf_analyzer's CSV layout (microseconds; rows by increasing throughput, as it sorts),
+    then the bytes on the wire."""
+    extra = BYTES_COLUMNS if images else BYTES_COLUMNS[:1]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([mode_label(mode), *CSV_COLUMNS])
+        writer.writerow([mode_label(mode), *CSV_COLUMNS, *extra])
         for level in sorted(levels, key=lambda lv: lv.throughput):
             breakdown = level.breakdown_us()
+            sizes = [round(level.request_bytes)]
+            if images:
+                sizes.append(round(level.request_bytes / images))
             writer.writerow(
                 [
                     f"{level.value:g}",
                     f"{level.throughput:.1f}",
                     *(int(breakdown[c]) for c in CSV_COLUMNS[1:]),
+                    *sizes,
                 ]
             )
 
