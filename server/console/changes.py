@@ -22,7 +22,6 @@ from ..manage.curator import Actor, Curator
 from ..manage.git import work_tree
 from ..model_config import ModelConfig
 from ..models import Model, ModelState
-from ..repository import version_folders
 from .web import Visitor, Web, read_form
 
 FINAL = (ModelState.READY, ModelState.UNAVAILABLE)
@@ -188,13 +187,6 @@ class ChangePages:
         return self.web.redirect(
             request, f"/models/{quote(name)}?done=deleted&where={quote(edit.moved_to)}"
         )
-
-    async def versions_on_disk(self, name: str) -> list[int]:
-        folder = self.curator.root / name
-        try:
-            return sorted(await asyncio.to_thread(version_folders, folder))
-        except OSError:
-            return []
 
 
 def _with_form(current: str, form: Any) -> str:

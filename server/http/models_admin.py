@@ -25,14 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidRequest, PayloadTooLarge
 from ..manage.curator import Actor, Curator, Edit
 from ..manage.staging import STAGING, tidy
-from .admin import _caller
+from .admin import _caller, _json
 from .asgi import ADDRESS_KEY
 from .endpoints import read_body
 from .routes import Access, Route
@@ -214,7 +213,3 @@ def _number(text: str | None, name: str, low: int, high: int | None) -> int | No
         bound = f"{low} to {high}" if high else f"{low} or more"
         raise InvalidRequest(f"{name}={text!r} is not a whole number {bound}")
     return int(text)
-
-
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status, media_type="application/json")

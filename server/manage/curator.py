@@ -36,7 +36,7 @@ from ..model_config import ModelConfig
 from ..repository import MANIFEST, ModelSource, is_model_name, read_model, version_folders
 from ..settings import RepositorySettings
 from . import archive, staging, toml_text
-from .archive import ArchiveError, Limits
+from .archive import Limits
 from .git import WorkTree, work_tree
 
 log = logging.getLogger("cinfer")
@@ -349,6 +349,3 @@ class _named:
             raise InvalidRequest(message) from error
         if message != error.message:
             raise type(error)(message) from error
-
-
-__all__ = ["Actor", "ArchiveError", "Curator", "Edit", "Upload"]
