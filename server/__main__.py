@@ -2,4 +2,5 @@
 
 from .cli import main
 
-main(prog_name="cinfer")
+if __name__ == "__main__":  # not when a decoding process (decoding.py) imports it
+    main(prog_name="cinfer")

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from . import __version__, statistics, wire
+from . import __version__, decoding, statistics, wire
 from .classification import classify
 from .counters import failure_reason
 from .datatypes import TRITON
@@ -112,6 +112,7 @@ class DataPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._startup
         await self.reconciler.close()
+        await asyncio.to_thread(decoding.shutdown)
 
     # -- server ---------------------------------------------------------------------------
 

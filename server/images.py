@@ -9,10 +9,10 @@ engine gets the tensor the declaration describes:
     -> resize (stretch | pad | crop, bilinear) -> values (pixel * scale - mean[c]) / std[c]
     -> layout (NCHW | NHWC) -> datatype
 
-Decoding runs in a thread pool on the cores beside the event loop's (all of them where the
-loop is not pinned; Pillow and numpy let go of the GIL while they work), so a burst of large
-images does not take the core requests are answered on; the decoded tensors then join the
-dynamic batcher like any request's. A file that is not an image, in a format not accepted,
+Decoding runs off the event loop, on the cores beside its core (decoding.py: threads for
+small files, processes for large ones), so a burst of photographs does not take the core
+requests are answered on; the decoded tensors then join the dynamic batcher like any
+request's. The colour values come from one table lookup per image (ImageTensor.table). A file that is not an image, in a format not accepted,
 truncated, or with more pixels than `max_pixels` (a decompression bomb) is refused with a
 400 naming the input and the element.
 """
@@ -20,19 +20,16 @@ truncated, or with more pixels than `max_pixels` (a decompression bomb) is refus
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import io
-import os
-import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from . import affinity
 from .datatypes import NUMPY
+from .decoding import LARGE, decoding_processes, decoding_threads
 from .errors import InvalidRequest, ModelLoadError
 from .model_config import ImageInput, ModelConfig, TensorSpec
 
@@ -41,34 +38,9 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
 """Pixels one decoded image may have: above it, a 400 before the pixels are decoded."""
 
-DECODER_NICE = 10
-"""How much lower the decoding threads' scheduling priority is (Linux nice): on a busy
-machine they take what the event loop and the engines leave, so an image load does not slow
-other models' requests down."""
-
-_pool: tuple[concurrent.futures.ThreadPoolExecutor, int] | None = None
-
 # Pillow's own limit warns at 89 M pixels and refuses at twice that; `max_pixels` is checked
 # instead, from the header, before anything is decoded.
 Image.MAX_IMAGE_PIXELS = None
-
-
-def _decoders() -> tuple[concurrent.futures.ThreadPoolExecutor, int]:
-    """The decoding threads (as many as the cores beside the event loop's), and how many."""
-    global _pool
-    if _pool is None:
-        width = len(affinity.elsewhere()) or os.cpu_count() or 1
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=width, thread_name_prefix="cinfer-image", initializer=_decoder_thread
-        )
-        _pool = (pool, width)
-    return _pool
-
-
-def _decoder_thread() -> None:
-    affinity.move_elsewhere()
-    with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICE)
 
 
 @dataclass(frozen=True)
@@ -85,6 +57,19 @@ class ImageTensor:
         """The input as clients send it: BYTES, one element per image."""
         shape = () if self.batched else (self.tensor.shape[0],)
         return TensorSpec(name=self.name, datatype="BYTES", shape=shape)
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """[channel, pixel]: each 8-bit pixel value as the tensor's value for that channel,
+        (pixel * scale - mean[c]) / std[c] in float32 and then the datatype, so a decoded
+        image becomes its tensor in one lookup (the same IEEE operations, the same bits)."""
+        spec = self.spec
+        pixels = np.arange(256, dtype=np.float32)[None, :]
+        mean = np.asarray(spec.mean, dtype=np.float32)[:, None]
+        std = np.asarray(spec.std, dtype=np.float32)[:, None]
+        values = (pixels * np.float32(spec.scale) - mean) / std
+        values = np.broadcast_to(values, (spec.channels, 256))
+        return _as(values, NUMPY[spec.datatype])
 
 
 class Images:
@@ -143,28 +128,44 @@ class Images:
 
     async def tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The request's arrays with each image input's files turned into its tensor."""
-        loop = asyncio.get_running_loop()
-        pool, width = _decoders()
         out = dict(arrays)
         for name, image in self.inputs.items():
             files = arrays[name].reshape(-1)
-            # One hand-off per decoding thread, not per file: a batch is split among them.
-            parts = [range(i, len(files), width) for i in range(min(width, len(files)))]
-            done = await asyncio.gather(
-                *(loop.run_in_executor(pool, self._decode_all, image, files, p) for p in parts)
-            )
-            decoded: list[np.ndarray] = [np.empty(0)] * len(files)
-            for part, tensors in zip(parts, done, strict=True):
-                for i, tensor in zip(part, tensors, strict=True):
-                    decoded[i] = tensor
-            stacked = np.stack(decoded)
+            stacked = np.stack(await self._decoded(image, files))
             out[name] = (
                 stacked if image.batched else stacked.reshape((len(files), *image.tensor.shape[1:]))
             )
         return out
 
+    async def _decoded(self, image: ImageTensor, files: np.ndarray) -> list[np.ndarray]:
+        """Each file's tensor: small files in the decoding threads, large ones in the decoding
+        processes; one hand-off per thread or process, a batch split among them."""
+        loop = asyncio.get_running_loop()
+        large = [i for i, f in enumerate(files) if isinstance(f, bytes) and len(f) >= LARGE]
+        if large:
+            sent = set(large)
+            small: Sequence[int] = [i for i in range(len(files)) if i not in sent]
+        else:
+            small = range(len(files))
+        threads, width = decoding_threads()
+        parts = [small[i::width] for i in range(min(width, len(small)))]
+        pending: list[Awaitable[list[np.ndarray]]] = [
+            loop.run_in_executor(threads, self._decode_all, image, files, p) for p in parts
+        ]
+        if large:
+            processes = decoding_processes()
+            split = [large[i :: processes.width] for i in range(min(processes.width, len(large)))]
+            pending += [processes.decode(image, self.max_pixels, files, p) for p in split]
+            parts += split
+        done = await asyncio.gather(*pending)
+        decoded: list[np.ndarray] = [np.empty(0)] * len(files)
+        for part, tensors in zip(parts, done, strict=True):
+            for i, tensor in zip(part, tensors, strict=True):
+                decoded[i] = tensor
+        return decoded
+
     def _decode_all(
-        self, image: ImageTensor, files: np.ndarray, indexes: range
+        self, image: ImageTensor, files: np.ndarray, indexes: Sequence[int]
     ) -> list[np.ndarray]:
         return [self.decode(image, i, files[i]) for i in indexes]
 
@@ -174,7 +175,7 @@ class Images:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidRequest(f"{where}: an image file is bytes, got {type(data).__name__}")
         picture = open_image(bytes(data), where, self.max_pixels)
-        return preprocess(picture, image.spec, NUMPY[image.spec.datatype])
+        return preprocess(picture, image.spec, image.table)
 
 
 def open_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
@@ -182,9 +183,15 @@ def open_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
     says what was wrong with it."""
     if not data:
         raise InvalidRequest(f"{where}: an empty file is not an image")
+    formats = _sniffed(data)
     try:
-        picture = Image.open(io.BytesIO(data), formats=FORMATS)
+        picture = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
+        if len(formats) == 1:
+            raise InvalidRequest(
+                f"{where}: the file starts like a {formats[0]} file, but its header cannot be "
+                "read: is it damaged or truncated?"
+            ) from None
         raise InvalidRequest(f"{where}: {_not_accepted(data)}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidRequest(f"{where}: the {_kind(data)} file cannot be read: {exc}") from None
@@ -194,6 +201,9 @@ def open_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
             f"{where}: {width}x{height} is {width * height:,} pixels, more than "
             f"max_image_pixels ({max_pixels:,}): refused before decoding"
         )
+    # The whole file in one call to the decoder, which lets go of the GIL while it works,
+    # instead of a Python loop feeding it 64 KiB at a time.
+    picture.decodermaxblock = max(len(data), ImageFile.MAXBLOCK)
     try:
         picture.load()
         if "exif" in picture.info:  # a camera's orientation (PNGs rarely carry one)
@@ -207,8 +217,9 @@ def open_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
         ) from None
 
 
-def preprocess(picture: Image.Image, spec: ImageInput, dtype: np.dtype) -> np.ndarray:
-    """Blocking: a decoded image as the tensor `spec` declares, for one image."""
+def preprocess(picture: Image.Image, spec: ImageInput, table: np.ndarray) -> np.ndarray:
+    """Blocking: a decoded image as the tensor `spec` declares, for one image; `table` is
+    its ImageTensor.table."""
     mode = "L" if spec.color == "grayscale" else "RGB"
     if picture.mode != mode:
         if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
@@ -217,17 +228,28 @@ def preprocess(picture: Image.Image, spec: ImageInput, dtype: np.dtype) -> np.nd
             picture = Image.alpha_composite(background, picture.convert("RGBA"))
         picture = picture.convert(mode)
     height, width = spec.size
-    picture = resized(picture, spec.resize, width, height)
-    values = np.asarray(picture, dtype=np.float32)
-    if values.ndim == 2:
-        values = values[:, :, None]
-    if spec.color == "bgr":
-        values = values[:, :, ::-1]
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    values = (values * np.float32(spec.scale) - mean) / std
-    if spec.layout == "NCHW":
-        values = values.transpose(2, 0, 1)
+    if picture.size != (width, height) or spec.resize != "stretch":
+        picture = resized(picture, spec.resize, width, height)
+    pixels = np.asarray(picture)  # uint8: [h, w] or [h, w, 3]
+    out: np.ndarray
+    if pixels.ndim == 2:
+        out = table[0][pixels[None] if spec.layout == "NCHW" else pixels[:, :, None]]
+    else:
+        if spec.color == "bgr":
+            pixels = pixels[:, :, ::-1]
+        if spec.layout == "NCHW":
+            out = table[_CHANNELS_FIRST, pixels.transpose(2, 0, 1)]
+        else:
+            out = table[_CHANNELS_LAST, pixels]
+    return out
+
+
+_CHANNELS_FIRST = np.arange(3)[:, None, None]
+_CHANNELS_LAST = np.arange(3)[None, None, :]
+
+
+def _as(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 values in `dtype`: integers rounded and clipped to its range."""
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         values = np.clip(np.rint(values), info.min, info.max)
@@ -268,6 +290,26 @@ def _not_accepted(data: bytes) -> str:
     if other:
         return f"{other} images are not accepted (send {', '.join(FORMATS)})"
     return f"not an image file ({', '.join(FORMATS)} are accepted)"
+
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _sniffed(data: bytes) -> tuple[str, ...]:
+    """The one format `data` starts like (Pillow then tries only that plugin), or all."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return (name,)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ("WEBP",)
+    return FORMATS
 
 
 def _kind(data: bytes) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from cachetools import LRUCache
 
-from . import affinity, signature
+from . import affinity, decoding, signature
 from .classification import read_labels
 from .counters import InstanceStats, RequestStats
 from .datatypes import NUMPY
@@ -261,6 +261,7 @@ def serving(
     labels = read_labels(effective, source.folder)
     if images is None:
         return effective, None, labels
+    decoding.start_processes()  # a photo should not wait for them to start
     served = effective.model_copy(update={"inputs": images.served(effective.inputs or ())})
     return served, images, labels
 

@@ -134,6 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=("throughput", "fairness"), help="one of the two tables, not both"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or not (PEERS / "repo-ours" / "tiny").is_dir():
         sys.exit("needs wrk and the peers' tiny model: run ../shared/peers/compare.sh once")
@@ -166,7 +169,10 @@ def main() -> None:
         )  # fmt: skip
         try:
             ready(url, ["mnist", "mnist_tensor", "photo", "tiny"])
-            measure(url, bodies, paths, args.seconds, args.rounds)
+            if args.only != "fairness":
+                throughput(url, bodies, paths, args.seconds, args.rounds)
+            if args.only != "throughput":
+                fairness(url, bodies, paths, args.seconds, args.rounds)
         finally:
             server.terminate()
             server.wait(30)
@@ -187,7 +193,8 @@ def ready(url: str, models: list[str]) -> None:
             time.sleep(0.2)
 
 
-def measure(url: str, bodies: dict, paths: dict, seconds: int, rounds: int) -> None:
+def throughput(url: str, bodies: dict, paths: dict, seconds: int, rounds: int) -> None:
+    """mnist: the PNG file against the client's FP32 tensor, rounds alternating."""
     infer = f"{url}/v2/models/{{}}/infer"
     print("| mnist, one image per request | concurrency | images/s | p50 ms | p99 ms | bytes |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -207,6 +214,11 @@ def measure(url: str, bodies: dict, paths: dict, seconds: int, rounds: int) -> N
             note = f" ({errors:.0f} errors)" if errors else ""
             print(f"| {label} | {c} | {rps:,.0f}{note} | {p50:.2f} | {p99:.2f} | {size:,} |")
     print()
+
+
+def fairness(url: str, bodies: dict, paths: dict, seconds: int, rounds: int) -> None:
+    """tiny at concurrency 8, alone and beside a photo load, rounds alternating."""
+    infer = f"{url}/v2/models/{{}}/infer"
     print("| tiny binary, concurrency 8 | infer/s (median) | rounds |")
     print("| --- | --- | --- |")
     alone, beside, photos = [], [], []

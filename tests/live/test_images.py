@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image, ImageOps
 
+from server import decoding
 from tests import onnx_models
 from tests.live import live_server
 
@@ -89,7 +93,9 @@ def _write(root: Path, name: str, toml: str, shape: list[int | str | None]) -> N
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     root = tmp_path_factory.mktemp("images") / "models"
     _write(root, "stretch", STRETCH, ["batch", 3, 6, 8])
     _write(root, "pad", PAD, ["batch", 10, 10, 1])
@@ -100,8 +106,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _write(root, name, toml, ["batch", 3, 6, 8])
     env = {"CINFER_SERVER__MAX_IMAGE_PIXELS": str(MAX_PIXELS),
            "CINFER_SERVER__MAX_REQUEST_BYTES": str(MAX_BYTES)}  # fmt: skip
-    with live_server(root, env=env) as (url, _):
-        yield url
+    with live_server(root, env=env) as (url, proc):
+        yield url, proc
+
+
+@pytest.fixture(scope="module")
+def server(server_process: tuple[str, subprocess.Popen[str]]) -> str:
+    return server_process[0]
 
 
 # -- images made here, and the reference preprocessing ------------------------------------
@@ -168,7 +179,12 @@ FILES = {
     "gray-png": encoded(picture(13, 29, "L", seed=3), "PNG"),
     "rgba-png": encoded(picture(17, 11, "RGBA", seed=4), "PNG"),
     "tall-jpeg": encoded(picture(9, 40, seed=5), "JPEG"),
+    # At least decoding.LARGE bytes: decoded in the decoding processes, not the threads.
+    "large-rgba-png": encoded(picture(140, 140, "RGBA", seed=6), "PNG"),
+    "large-jpeg": encoded(picture(160, 120, seed=7), "JPEG", quality=100, subsampling=0),
 }
+LARGE_FILES = [FILES["large-rgba-png"], FILES["large-jpeg"]]
+assert all(len(f) >= decoding.LARGE for f in LARGE_FILES)
 TOMLS = {"stretch": STRETCH, "pad": PAD, "crop": CROP}
 
 
@@ -206,6 +222,47 @@ def test_a_batch_of_files_is_one_request_through_the_batcher(server: str) -> Non
     assert config["input"][0]["image"]["size"] == [6, 8]
 
 
+def test_large_and_small_files_in_one_batch_come_back_in_order(server: str) -> None:
+    # Threads and processes decode the parts of one batch; each tensor keeps its place.
+    files = [FILES["png"], LARGE_FILES[0], FILES["jpeg"], LARGE_FILES[1], FILES["webp"]]
+    image = triton.InferInput("INPUT0", [len(files)], "BYTES")
+    image.set_data_from_numpy(np.array(files, dtype=np.object_))
+    got = _triton(server).infer("stretch", [image]).as_numpy("OUTPUT0")
+    assert got.shape == (len(files), 3, 6, 8)
+    for i, data in enumerate(files):
+        np.testing.assert_allclose(got[i], reference(data, STRETCH), atol=1e-5, rtol=0)
+
+
+def test_a_decoding_process_that_dies_is_replaced_and_the_request_answered(
+    server_process: tuple[str, subprocess.Popen[str]],
+) -> None:
+    url, proc = server_process
+    image = triton.InferInput("INPUT0", [1], "BYTES")
+    image.set_data_from_numpy(np.array([LARGE_FILES[1]], dtype=np.object_))
+    want = reference(LARGE_FILES[1], STRETCH)
+    np.testing.assert_allclose(_triton(url).infer("stretch", [image]).as_numpy("OUTPUT0")[0],
+                               want, atol=1e-5, rtol=0)  # fmt: skip
+    before = _decoding_processes(proc.pid)
+    assert before, "the server has no decoding process"
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    got = _triton(url).infer("stretch", [image]).as_numpy("OUTPUT0")
+    np.testing.assert_allclose(got[0], want, atol=1e-5, rtol=0)
+    after = _decoding_processes(proc.pid)
+    assert after and not set(after) & set(before)
+
+
+def _decoding_processes(server: int) -> list[int]:
+    """The server's child processes that run the decoding (multiprocessing's spawn)."""
+    found = []
+    for task in Path(f"/proc/{server}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"multiprocessing" in command and b"spawn_main" in command:
+                found.append(int(child))
+    return found
+
+
 def test_json_base64_multipart_and_raw_bodies_give_the_same_tensor(server: str) -> None:
     data = FILES["jpeg"]
     want = reference(data, STRETCH)
@@ -239,6 +296,8 @@ BAD = {
     "truncated": (FILES["jpeg"][: len(FILES["jpeg"]) // 2], "element 0: the JPEG file cannot be"),
     "too many pixels": (encoded(picture(200, 200), "PNG"), "more than max_image_pixels (20,000)"),
     "empty": (b"", "element 0: an empty file is not an image"),
+    "truncated large": (LARGE_FILES[1][: len(LARGE_FILES[1]) * 9 // 10],
+                        "element 0: the JPEG file cannot be"),
 }  # fmt: skip
 
 
