@@ -12,9 +12,9 @@ engine gets the tensor the declaration describes:
 Decoding runs off the event loop, on the cores beside its core (decoding.py: threads for
 small files, processes for large ones), so a burst of photographs does not take the core
 requests are answered on; the decoded tensors then join the dynamic batcher like any
-request's. The colour values come from one table lookup per image (ImageTensor.table). A file that is not an image, in a format not accepted,
-truncated, or with more pixels than `max_pixels` (a decompression bomb) is refused with a
-400 naming the input and the element.
+request's. The colour values come from one table lookup per image (ImageTensor.table). A
+file that is not an image, in a format not accepted, truncated, or with more pixels than
+`max_pixels` (a decompression bomb) is refused with a 400 naming the input and the element.
 """
 
 from __future__ import annotations
