@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cinfer")
 
-NICE = 10
+NICE = 19
 """How much lower the decoders' scheduling priority is (Linux nice)."""
 LARGE = 64 * 1024
 """Files of at least this many bytes are decoded in the decoding processes."""

@@ -21,6 +21,11 @@ queues pipelined ones and stops reading meanwhile). uvicorn's `limit_concurrency
 used: it counts the asking connection as well, and once the limit is reached it answers 503
 on every connection, the ones it was already serving included.
 
+Responses leave in one send() (`ResponseWriter`): uvicorn writes a response's head and body
+separately, two system calls and two packets for every answer; the head now waits for the
+body's first bytes within the same turn of the loop (docs/performance.md, "One send per
+response").
+
 The hot path: the body of a request whose head is in costs a flag check per read; a head
 that arrives in one read (every real client's) costs a few comparisons and no timer. In all
 about 0.9 us a request (uvloop, one kept-alive connection, in-process), less than uvicorn's
@@ -53,6 +58,47 @@ log = logging.getLogger("cinfer")
 LOG_EVERY_S = 10.0
 """Refused connections are logged at most once per this many seconds (with a count of those
 not logged): a flood of them must not become a flood of log lines."""
+
+
+class ResponseWriter:
+    """The connection's transport as a response sees it: the head (status line and headers)
+    waits for the body's first bytes, so that both leave in one send() instead of two.
+
+    uvicorn writes the head on ``http.response.start`` and the body on the next message;
+    each write is a system call that delivers a packet. A head whose body does not follow
+    in the same turn of the loop (a stream that waits for its first event) is sent alone at
+    the next turn, so nothing waits for a body that is slow to come."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.writelines((head, data))
+        elif data[:9] == b"HTTP/1.1 " and data[9:10] != b"1":  # a head, not 100 Continue
+            self._head = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class Refusal:
@@ -144,6 +190,7 @@ class HTTPProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.writer = ResponseWriter(transport, self.loop)
         policy = self.policy
         if len(self.connections) > policy.max_connections:  # this one included
             self.app = policy.too_busy
@@ -198,6 +245,8 @@ class HTTPProtocol(HttpToolsProtocol):
         if isinstance(self.app, Refusal):  # answered as the app, by uvicorn's cycle
             self.policy.report(logging.WARNING, self._peer(), self.app)
         HttpToolsProtocol.on_headers_complete(self)
+        if self.cycle is not None:
+            self.cycle.transport = self.writer  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self.in_body = False

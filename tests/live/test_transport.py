@@ -5,6 +5,7 @@ time, and a cap on open connections."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import http.client
@@ -412,3 +413,67 @@ def test_past_max_connections_new_ones_are_answered_503(repo: Path) -> None:
             conn.close()
         wait_until(lambda: server_connections(port) == 0, "the server to let go of them")
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+
+
+# ---- one send() per response -------------------------------------------------------------
+
+
+def test_a_head_waits_for_its_body_only_within_the_turn_of_the_loop() -> None:
+    """protocol.ResponseWriter sends a response's head with its body in one write; a head
+    whose body is late (a stream), a HEAD answer and a 100 Continue still go out at once."""
+    release = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"]
+        if path == "/echo":
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(body)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+        elif path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            while not release.is_set():  # the head must have reached the client by now
+                await asyncio.sleep(0.01)
+            await send({"type": "http.response.body", "body": b"late", "more_body": False})
+        else:  # HEAD: a head and no body write
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    with listen("127.0.0.1", 0) as sock:
+        port = sock.getsockname()[1]
+        running = uvicorn.Server(transport(Settings(), app, port))
+        thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]})
+        thread.start()
+        try:
+            wait_until(lambda: running.started, "uvicorn to start")
+            url = f"http://127.0.0.1:{port}"
+            with connect(url) as client:
+                client.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = client.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+                release.set()
+                rest = client.recv(65536)
+                assert b"late" in rest
+                client.sendall(b"HEAD /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert client.recv(65536).startswith(b"HTTP/1.1 204 No Content\r\n")
+                client.sendall(
+                    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                    b"Expect: 100-continue\r\n\r\n"
+                )
+                assert client.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+                client.sendall(b"hello")
+                status, headers, _ = answer(one_response(client).replace(b"hello", b"{}"))
+                assert status == 200 and headers["content-length"] == "5"
+        finally:
+            running.should_exit = True
+            thread.join(TIMEOUT)
