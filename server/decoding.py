@@ -25,17 +25,14 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
-
-import numpy as np
+from typing import TypeVar
 
 from . import affinity
 from .errors import InvalidRequest
 
-if TYPE_CHECKING:
-    from .images import ImageTensor
+T = TypeVar("T")
 
 log = logging.getLogger("cinfer")
 
@@ -112,16 +109,15 @@ class Processes:
         processes = self._pool._processes or {}
         return sorted(p.pid for p in processes.values() if p.pid is not None)
 
-    async def decode(
-        self, image: ImageTensor, max_pixels: int, files: np.ndarray, indexes: Sequence[int]
-    ) -> list[np.ndarray]:
-        """The tensors of `files[i]` for i in `indexes`, decoded in one of the processes."""
-        items = [(i, files[i]) for i in indexes]
+    async def run(self, work: Callable[..., T], *args: object, files: str) -> T:
+        """`work(*args)` in one of the processes (`work` a module-level function, `args`
+        picklable); `files` names what it decodes, for the 400 when the process dies on it
+        twice."""
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             pool = self._pool
             try:
-                return await loop.run_in_executor(pool, _decode, image, max_pixels, items)
+                return await loop.run_in_executor(pool, work, *args)
             except BrokenProcessPool:
                 with _lock:
                     if self._pool is pool:  # the first request to see it starts a new pool
@@ -129,10 +125,9 @@ class Processes:
                         pool.shutdown(wait=False, cancel_futures=True)
                         self._pool = self._new()
                 if attempt == 2:
-                    which = ", ".join(str(i) for i in indexes)
                     raise InvalidRequest(
-                        f"input '{image.name}' element(s) {which}: the image decoder stopped "
-                        "while reading the file, twice: is it a valid image?"
+                        f"{files}: the image decoder stopped while reading the file, twice: "
+                        "is it a valid image?"
                     ) from None
         raise AssertionError("unreachable")
 
@@ -159,13 +154,3 @@ def _process(cpus: list[int] | None, nice: int) -> None:
         os.sched_setaffinity(0, cpus)
     with contextlib.suppress(OSError, AttributeError):
         os.nice(nice)
-
-
-def _decode(
-    image: ImageTensor, max_pixels: int, items: list[tuple[int, bytes]]
-) -> list[np.ndarray]:
-    """In a decoding process: each (index, file) as its tensor."""
-    from .images import Images  # the process imports what it decodes with on first use
-
-    images = Images({image.name: image}, max_pixels)
-    return [images.decode(image, i, data) for i, data in items]

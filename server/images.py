@@ -155,7 +155,13 @@ class Images:
         if large:
             processes = decoding_processes()
             split = [large[i :: processes.width] for i in range(min(processes.width, len(large)))]
-            pending += [processes.decode(image, self.max_pixels, files, p) for p in split]
+            pending += [
+                processes.run(
+                    decode_files, image, self.max_pixels, [(i, files[i]) for i in p],
+                    files=f"input '{image.name}' element(s) {', '.join(map(str, p))}",
+                )
+                for p in split
+            ]  # fmt: skip
             parts += split
         done = await asyncio.gather(*pending)
         decoded: list[np.ndarray] = [np.empty(0)] * len(files)
@@ -176,6 +182,14 @@ class Images:
             raise InvalidRequest(f"{where}: an image file is bytes, got {type(data).__name__}")
         picture = open_image(bytes(data), where, self.max_pixels)
         return preprocess(picture, image.spec, image.table)
+
+
+def decode_files(
+    image: ImageTensor, max_pixels: int, items: list[tuple[int, bytes]]
+) -> list[np.ndarray]:
+    """In a decoding process (decoding.py): each (index, file) as its tensor."""
+    images = Images({image.name: image}, max_pixels)
+    return [images.decode(image, i, data) for i, data in items]
 
 
 def open_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
