@@ -42,6 +42,8 @@ from .store import JobStore
 
 log = logging.getLogger("cinfer")
 
+QUIET_LOOKS = 4
+"""Looks at a version's request count, all unchanged, before its pool counts as quiet."""
 WAIT_FOR_MODEL_S = 0.5
 """How often a runner whose model has no READY version looks again."""
 
@@ -178,6 +180,7 @@ class ModelRunner:
         self._others = 0
         self._mine = 0
         self._active_at = 0.0
+        self._calm = 0
 
     def add(self, job: Job, first: bool = False) -> None:
         if first:
@@ -258,20 +261,26 @@ class ModelRunner:
             log.error("job %s: runner failed", job_id, exc_info=task.exception())
 
     def _quiet(self, found: ModelVersion, pool: InstancePool) -> bool:
-        """Whether the pool is free of synchronous requests, and has been for yield_ms."""
+        """Whether the pool is free of synchronous requests, and has been for yield_ms.
+
+        "Has been" is observed, not assumed: the count of the version's requests must stay
+        still over QUIET_LOOKS looks spanning yield_ms. One look after the event loop was
+        held up (a slow callback, the process descheduled) sees no request finish only
+        because none could; the next looks, once the loop has caught up, see them.
+        """
         now = time.monotonic()
         stats = found.requests
-        others = stats.success + stats.failure - self._mine
+        counted = stats.success + stats.failure
         if found is not self._version:
-            self._version, self._others, self._mine = found, stats.success + stats.failure, 0
-            self._active_at = 0.0
-            others = self._others
-        if others != self._others:
-            self._others, self._active_at = others, now
-        if pool.pending > len(self.running):
-            self._active_at = now
+            self._version, self._others, self._mine = found, counted, 0
+            self._active_at, self._calm = now, 0
+        others = counted - self._mine
+        if others != self._others or pool.pending > len(self.running):
+            self._others, self._active_at, self._calm = others, now, 0
             return False
-        return now - self._active_at >= self.runners.yield_s
+        self._calm += 1
+        yield_s = self.runners.yield_s
+        return not yield_s or (self._calm >= QUIET_LOOKS and now - self._active_at >= yield_s)
 
     async def _nap(self, seconds: float) -> None:
         self._wake.clear()
