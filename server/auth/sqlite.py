@@ -54,6 +54,9 @@ class SQLiteFile:
     """What the file is, in messages."""
     migrations: list[list[str]] = MIGRATIONS
     """The schema, as the statements that take it from each version to the next."""
+    versions = "schema_version"
+    """The table that records which of `migrations` the file has had: one per schema, so
+    that two schemas (the tokens', the jobs') may share a file."""
 
     def __init__(self, path: Path, *, clock: Clock = time.time, busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -108,10 +111,10 @@ class SQLiteFile:
 
     async def _migrate(self) -> None:
         await self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {self.versions} (version INTEGER NOT NULL)"
         )
         async with self._transaction() as conn:
-            version = await self._scalar("SELECT coalesce(max(version), 0) FROM schema_version")
+            version = await self._scalar(f"SELECT coalesce(max(version), 0) FROM {self.versions}")
             migrations = self.migrations
             if version > len(migrations):
                 raise DatabaseError(
@@ -121,7 +124,7 @@ class SQLiteFile:
             for number in range(version, len(migrations)):
                 for statement in migrations[number]:
                     await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
+                await conn.execute(f"INSERT INTO {self.versions} VALUES (?)", (number + 1,))
                 log.info("%s %s: migrated to schema %d", self.what, self.path, number + 1)
 
     async def fetch(self, sql: str, parameters: Any = ()) -> list[Any]:

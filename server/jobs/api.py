@@ -134,7 +134,7 @@ class Jobs:
         this returns, so it survives a crash from then on."""
         if callback_url is not None:
             self.callbacks.check(callback_url)
-        found = self.dataplane.version(model, version)  # 404 unknown model or version
+        found, _ = self.dataplane.serving(model, version)  # 404 unknown, 503 not serving
         decoded = self.codec.decode(request, found)  # 400 a body that does not parse
         check_target(decoded, found)
         found.check(decoded)  # 400 a body that does not fit the model's schema

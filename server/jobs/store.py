@@ -1,6 +1,7 @@
 """The jobs in SQLite: their rows, their inputs and results, and the files of large ones.
 
-One file (``[jobs] database``, default ``data/jobs.db``), in WAL mode like the token database
+One file (``[jobs] database``, default ``data/jobs.db``; it may be the token database's own
+file, the two schemas are versioned apart), in WAL mode like the token database
 (auth/sqlite.py does the plumbing): a committed transaction survives ``kill -9`` of the
 server, so a job is answered 202 only after the transaction that holds it has committed.
 Inputs and results up to ``[jobs] inline_bytes`` are rows of `payloads`; larger ones are
@@ -92,6 +93,7 @@ class JobStore(SQLiteFile):
 
     what = "jobs database"
     migrations = MIGRATIONS
+    versions = "jobs_schema_version"
 
     def __init__(self, path: Path, *, inline_bytes: int = 64 * 1024) -> None:
         super().__init__(path)
@@ -220,10 +222,12 @@ class JobStore(SQLiteFile):
         )  # fmt: skip
 
     async def requeue(self, job_id: str, error: str | None) -> Job | None:
-        """running -> queued (it runs again later); None if it is running no more."""
+        """running -> queued, the start not counted (the model refused it before it ran: it
+        runs again later); None if it is running no more."""
         return await self._move(
-            job_id, "state = 'queued', error = ?", (error,), "state = 'running'"
-        )
+            job_id, "state = 'queued', attempts = attempts - 1, error = ?", (error,),
+            "state = 'running'",
+        )  # fmt: skip
 
     async def fail(self, job_id: str, now: float, error: str, queued: bool = False) -> Job | None:
         """running (or, with `queued`, queued) -> failed with `error`."""
