@@ -240,7 +240,9 @@ class ModelRunner:
                 await self._nap(WAIT_FOR_MODEL_S)
                 continue
             if not self._quiet(found, pool):
-                await asyncio.sleep(pause)
+                # Busy: look again in yield_ms, then every quarter of it while calm: a busy
+                # model is looked at 100 times a second, not 400.
+                await asyncio.sleep(pause if self._calm else self.runners.yield_s)
                 continue
             self.queue.popleft()
             task = asyncio.get_running_loop().create_task(self.runners.run(self, job))
