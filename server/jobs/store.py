@@ -5,10 +5,8 @@ file, the two schemas are versioned apart), in WAL mode like the token database
 (auth/sqlite.py does the plumbing): a committed transaction survives ``kill -9`` of the
 server, so a job is answered 202 only after the transaction that holds it has committed.
 Inputs and results up to ``[jobs] inline_bytes`` are rows of `payloads`; larger ones are
-files in the folder beside the database (``jobs-payloads/``), written atomically (temporary
-name, fsync, rename, fsync of the folder) before the row that names them is committed. A file
-that no row names (a crash between the two, or between a delete and the unlink) is removed
-at the next start.
+files in the folder beside the database (``jobs-payloads/``, payloads.py), each durably
+written before the row that names it is committed.
 
 Every move of a job is one conditional UPDATE (``... WHERE state = 'running'``): of a cancel
 and a finish that race, the one that commits first wins and the other changes nothing.
@@ -16,17 +14,15 @@ and a finish that race, the one that commits first wins and the other changes no
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..auth.sqlite import SQLiteFile, uncancellable
 from .job import FINISHED, Job, Request, Result, State
+from .payloads import Payloads
 
 log = logging.getLogger("cinfer")
 
@@ -97,16 +93,15 @@ class JobStore(SQLiteFile):
 
     def __init__(self, path: Path, *, inline_bytes: int = 64 * 1024) -> None:
         super().__init__(path)
-        self.inline_bytes = inline_bytes
-        self.folder = path.parent / f"{path.stem}-payloads"
+        self.payloads = Payloads(path.parent / f"{path.stem}-payloads", inline_bytes)
+        self.folder = self.payloads.folder
 
     async def open(self) -> None:
         await super().open()
-        await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
         named = {
             row[0] for row in await self.fetch("SELECT file FROM payloads WHERE file NOT NULL")
         }
-        removed = await asyncio.to_thread(_sweep, self.folder, named)
+        removed = await self.payloads.open(named)
         if removed:
             log.info(
                 "%s %s: removed %d payload file(s) no job names", self.what, self.path, removed
@@ -173,7 +168,7 @@ class JobStore(SQLiteFile):
         if not rows:
             return None
         content_type, header_length, query, data, file = rows[0]
-        body = data if file is None else await asyncio.to_thread((self.folder / file).read_bytes)
+        body = data if file is None else await self.payloads.read(file)
         return Request(body, content_type, header_length, query)
 
     async def result(self, job_id: str) -> Result | None:
@@ -185,7 +180,7 @@ class JobStore(SQLiteFile):
         if not rows:
             return None
         content_type, header_length, data, file = rows[0]
-        body = data if file is None else await asyncio.to_thread((self.folder / file).read_bytes)
+        body = data if file is None else await self.payloads.read(file)
         return Result(body, content_type, header_length)
 
     # -- moves ----------------------------------------------------------------------------
@@ -193,7 +188,7 @@ class JobStore(SQLiteFile):
     @uncancellable
     async def add(self, job: Job, request: Request) -> Job:
         """Store a new queued job and its input; committed when this returns."""
-        data, file = await self._payload(job.id, "input", request.body)
+        data, file = await self.payloads.keep(job.id, "input", request.body)
         try:
             async with self.transaction() as conn:
                 cursor = await conn.execute(
@@ -210,7 +205,7 @@ class JobStore(SQLiteFile):
                     (job.id, data, file),
                 )
         except BaseException:
-            await self._unlink([file])
+            await self.payloads.remove([file])
             raise
         return dataclasses.replace(job, seq=seq)
 
@@ -251,7 +246,7 @@ class JobStore(SQLiteFile):
         self, job_id: str, now: float, model_version: str, result: Result
     ) -> Job | None:
         """running -> succeeded with its result; None (and nothing kept) if it was canceled."""
-        data, file = await self._payload(job_id, "result", result.body)
+        data, file = await self.payloads.keep(job_id, "result", result.body)
         try:
             async with self.transaction() as conn:
                 cursor = await conn.execute(
@@ -270,10 +265,10 @@ class JobStore(SQLiteFile):
                         (job_id, data, file),
                     )
         except BaseException:
-            await self._unlink([file])
+            await self.payloads.remove([file])
             raise
         if row is None:
-            await self._unlink([file])
+            await self.payloads.remove([file])
             return None
         return row_job(row)
 
@@ -328,7 +323,7 @@ class JobStore(SQLiteFile):
                 f"DELETE FROM payloads WHERE job IN ({marks}) AND job NOT IN (SELECT id FROM jobs)",
                 job_ids,
             )
-        await self._unlink(files)
+        await self.payloads.remove(files)
         return deleted
 
     async def expired(self, before: float, limit: int = 500) -> list[str]:
@@ -356,51 +351,3 @@ class JobStore(SQLiteFile):
             return row_job(row) if row is not None else None
 
         return await move()
-
-    async def _payload(
-        self, job_id: str, kind: str, body: bytes
-    ) -> tuple[bytes | None, str | None]:
-        """(inline bytes, None) for a small payload; (None, file name) once a large one is
-        durably in its file."""
-        if len(body) <= self.inline_bytes:
-            return body, None
-        name = f"{job_id}.{kind}"
-        await asyncio.to_thread(_write_atomically, self.folder, name, body)
-        return None, name
-
-    async def _unlink(self, files: Iterable[str | None]) -> None:
-        names = [f for f in files if f is not None]
-        if names:
-            await asyncio.to_thread(_remove, self.folder, names)
-
-
-def _write_atomically(folder: Path, name: str, data: bytes) -> None:
-    """`folder/name` holds `data` completely or not at all, through a crash or a power cut."""
-    temporary = folder / f".{name}.tmp"
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, folder / name)
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)  # the rename itself
-    finally:
-        os.close(descriptor)
-
-
-def _remove(folder: Path, names: Iterable[str]) -> None:
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            (folder / name).unlink()
-
-
-def _sweep(folder: Path, named: set[str]) -> int:
-    """Remove the files in `folder` that no payload row names (temporary ones included)."""
-    removed = 0
-    for path in folder.iterdir():
-        if path.is_file() and path.name not in named:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed += 1
-    return removed
