@@ -95,15 +95,15 @@ class Watching:
         wanted: set[str] = set()
         everything = False
 
-        def wants(job: Job) -> bool:
-            return job.id in wanted or (everything and who.sees(job))
+        def wants(job: Job) -> bool:  # another's job never, whatever was asked
+            return (everything or job.id in wanted) and who.sees(job)
 
         with self.jobs.watch(wants) as subscription:
 
             async def send_news() -> None:
                 while True:
                     job = await subscription.next()
-                    await websocket.send_bytes(orjson.dumps(job.answer(prefix)))
+                    await websocket.send_text(text(job.answer(prefix)))
 
             async def read_requests() -> None:
                 nonlocal everything
@@ -114,14 +114,14 @@ class Watching:
                     try:
                         subscribing = _subscription(message.get("text") or message.get("bytes"))
                     except InvalidRequest as exc:
-                        await websocket.send_bytes(orjson.dumps({"error": exc.message}))
+                        await websocket.send_text(text({"error": exc.message}))
                         continue
                     if subscribing is None:
                         everything = True
                         current = await self.jobs.current(who)
                     else:
                         if len(wanted) + len(subscribing) > MAX_SUBSCRIBED:
-                            await websocket.send_bytes(orjson.dumps({
+                            await websocket.send_text(text({
                                 "error": f"at most {MAX_SUBSCRIBED} jobs per connection"
                             }))  # fmt: skip
                             continue
@@ -132,10 +132,10 @@ class Watching:
                                 current.append(await self.jobs.find(job_id, who))
                             except CinferError as exc:
                                 wanted.discard(job_id)
-                                await websocket.send_bytes(orjson.dumps({"error": exc.message}))
+                                await websocket.send_text(text({"error": exc.message}))
                     for job in current:
                         if subscription.fresh(job):
-                            await websocket.send_bytes(orjson.dumps(job.answer(prefix)))
+                            await websocket.send_text(text(job.answer(prefix)))
 
             tasks = [asyncio.ensure_future(send_news()), asyncio.ensure_future(read_requests())]
             try:
@@ -172,6 +172,11 @@ def _subscription(text: str | bytes | None) -> list[str] | None:
         f'a subscription is {{"subscribe": ["<job id>", ...]}} or {{"subscribe": "all"}}, '
         f"not {show(message)}"
     )
+
+
+def text(value: object) -> str:
+    """A WebSocket message: JSON in a text frame (a browser reads it as a string)."""
+    return orjson.dumps(value).decode()
 
 
 def _event(job: Job, prefix: str) -> bytes:
