@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -39,7 +48,7 @@ log = logging.getLogger("cinfer")
 
 ENV_PREFIX = "CINFER_"
 ENV_NESTED = "__"
-RELATIVE_TO_FILE = (("repository", "path"), ("auth", "database"))
+RELATIVE_TO_FILE = (("repository", "path"), ("auth", "database"), ("jobs", "database"))
 """Paths that a settings file gives relative to its own folder."""
 
 
@@ -151,6 +160,64 @@ class ConsoleSettings(Section):
     """... and this long after sign-in, whatever its use."""
 
 
+CALLBACK_HOST = re.compile(r"(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+"""An entry of ``[jobs] callback_hosts``: a host, ``host:port``, ``*.domain`` or ``[IPv6]``."""
+
+
+class JobsSettings(Section):
+    """Async jobs (docs/jobs.md): infer requests submitted now, run in the background,
+    collected later."""
+
+    enabled: bool = False
+    """Serve /v2/jobs and the jobs URL of every model. The shipped config.toml turns this on;
+    a settings file without a [jobs] table keeps it off (nothing is written)."""
+    database: Path = Path("data/jobs.db")
+    """SQLite file of the jobs (WAL mode), created with its folder; inputs and results larger
+    than `inline_bytes` are files in the folder beside it named ``<stem>-payloads``."""
+    retention_hours: float = Field(168.0, gt=0)
+    """How long a finished job (its input and result) is kept, from when it finished."""
+    max_queued_per_token: int = Field(1000, gt=0)
+    """Unfinished (queued or running) jobs one API token may have; past it a submission gets
+    429. With authentication off, every job is anonymous and the limit is theirs together."""
+    max_attempts: int = Field(3, gt=0)
+    """Starts of one job: a job found running at start-up (the server stopped under it) runs
+    again until it has started this many times, then fails."""
+    inline_bytes: int = Field(64 * 1024, ge=0)
+    """Inputs and results up to this size are kept in the database, larger ones as files."""
+    yield_ms: float = Field(10.0, ge=0)
+    """Jobs yield to synchronous requests: the next job starts only when the model's pool has
+    no synchronous request waiting and none has finished for this long."""
+    callback_hosts: list[str] = []
+    """Hosts a job's ``Callback-URL`` may name (``hooks.example.com``, ``host:8443`` for one
+    port, ``*.example.com``); empty: callbacks are refused."""
+    callback_secret: SecretStr = SecretStr("")
+    """The key of the HMAC-SHA256 signature each callback carries (``Cinfer-Signature``);
+    needed when `callback_hosts` is set."""
+    callback_attempts: int = Field(5, gt=0)
+    """Deliveries of a callback tried before it is given up (a 2xx answer ends them)."""
+    callback_backoff_s: float = Field(1.0, gt=0)
+    """The wait before the second delivery; doubled before each next one."""
+    callback_timeout_s: float = Field(10.0, gt=0)
+    """How long one delivery may take."""
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not CALLBACK_HOST.fullmatch(value):
+                raise ValueError(f"{value!r} is not a host name, host:port or *.domain")
+        return [value.lower() for value in values]
+
+    @model_validator(mode="after")
+    def _secret(self) -> JobsSettings:
+        if self.callback_hosts and not self.callback_secret.get_secret_value():
+            raise ValueError(
+                "callback_hosts is set but callback_secret is empty: callbacks are signed "
+                "with it (set it, e.g. through CINFER_JOBS__CALLBACK_SECRET)"
+            )
+        return self
+
+
 class Settings(Section):
     """Every setting. Building one reads nothing: `load()` layers the file, the environment
     and the flags over these defaults."""
@@ -160,6 +227,7 @@ class Settings(Section):
     metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
     console: ConsoleSettings = ConsoleSettings()
+    jobs: JobsSettings = JobsSettings()
 
 
 @dataclass(frozen=True)

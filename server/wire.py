@@ -252,3 +252,54 @@ class IndexEntry(TypedDict):
     version: NotRequired[str]
     state: str
     reason: str
+
+
+# -- async jobs (issue 15, docs/jobs.md) -----------------------------------------------------
+
+JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
+CallbackStatus = Literal["pending", "delivered", "failed"]
+
+
+class JobLinks(TypedDict):
+    self: str
+    result: str
+    """The v2 infer response, once the job has succeeded."""
+    events: str
+    """Server-sent events: the job's every state change."""
+
+
+class JobCallback(TypedDict):
+    url: str
+    status: CallbackStatus
+    attempts: int
+    """Deliveries tried so far."""
+    error: str | None
+    """Why the last delivery failed."""
+
+
+class JobAnswer(TypedDict):
+    id: str
+    model: str
+    version: str | None
+    """The version the job was submitted to; None: the model's newest ready one."""
+    model_version: str | None
+    """The version that ran it, once it has run."""
+    state: JobState
+    attempts: int
+    """Times the job has started: more than 1 when the server stopped under it (or the model
+    was briefly unavailable) and it ran again."""
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    """Why it failed, naming what was wrong."""
+    owner: str | None
+    """The id of the API token that submitted it; None with authentication off."""
+    callback: JobCallback | None
+    links: JobLinks
+
+
+class JobListAnswer(TypedDict):
+    jobs: list[JobAnswer]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; None on the last one."""

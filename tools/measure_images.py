@@ -161,7 +161,8 @@ def main() -> None:
             paths[name].write_bytes(body)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "CINFER_AUTH__ENABLED": "false", "CINFER_CONSOLE__ENABLED": "false"}
+        env = {**os.environ, "CINFER_AUTH__ENABLED": "false", "CINFER_CONSOLE__ENABLED": "false",
+               "CINFER_JOBS__ENABLED": "false"}  # fmt: skip
         server = subprocess.Popen(
             [sys.executable, "-m", "server", "--repository", str(work / "models"),
              "--port", str(port), "--log-level", "warning"],

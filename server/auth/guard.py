@@ -406,6 +406,27 @@ class Guard:
             grant.pending += 1
         grant.last_used = now
 
+    def recheck(self, token_id: str, model: str) -> str:
+        """Whether work a token was admitted for earlier (a job, issue 15) may run now: the
+        token still exists, is active and unexpired, has `infer` and may use `model`; its name.
+
+        The address, rate and quota were checked, and the quota counted, when the work was
+        admitted: they are not checked or counted again however often it runs.
+        """
+        grant = self._grants.get(token_id)
+        if grant is None:
+            raise Unauthorized(f"API token {token_id} no longer exists")
+        if not grant.active:
+            verb = "was revoked" if grant.token.status == "revoked" else "is paused"
+            raise Unauthorized(f"API token {grant.name!r} {verb}")
+        if grant.expires_at is not None and self.clock() >= grant.expires_at:
+            raise Unauthorized(f"API token {grant.name!r} expired at {iso(grant.expires_at)}")
+        if "infer" not in grant.permissions:
+            raise Forbidden(f"API token {grant.name!r} lacks the infer scope")
+        if grant.patterns and not grant.allows_model(model):
+            raise Forbidden(f"API token {grant.name!r} may not use model {model!r}")
+        return grant.name
+
     async def lease(self, grant: Grant) -> None:
         """Take the next block of `grant`'s quota from the database; concurrent requests for
         the same token share one. Admit again afterwards: 429 if none was left."""

@@ -2,7 +2,8 @@
 write transaction at a time, and sqlite3 errors as `DatabaseError` naming the file.
 
 `SQLiteFile` is the plumbing; the token records (auth/store.py) and the console's accounts
-(auth/accounts.py) are built on it, over the same file and schema (auth/schema.py).
+(auth/accounts.py) are built on it, over the same file and schema (auth/schema.py), and so
+are the async jobs (jobs/store.py), in a file and schema of their own.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class SQLiteFile:
 
     what = "database"
     """What the file is, in messages."""
+    migrations: list[list[str]] = MIGRATIONS
+    """The schema, as the statements that take it from each version to the next."""
+    versions = "schema_version"
+    """The table that records which of `migrations` the file has had: one per schema, so
+    that two schemas (the tokens', the jobs') may share a file."""
 
     def __init__(self, path: Path, *, clock: Clock = time.time, busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -105,19 +111,20 @@ class SQLiteFile:
 
     async def _migrate(self) -> None:
         await self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {self.versions} (version INTEGER NOT NULL)"
         )
         async with self._transaction() as conn:
-            version = await self._scalar("SELECT coalesce(max(version), 0) FROM schema_version")
-            if version > len(MIGRATIONS):
+            version = await self._scalar(f"SELECT coalesce(max(version), 0) FROM {self.versions}")
+            migrations = self.migrations
+            if version > len(migrations):
                 raise DatabaseError(
                     f"{self.what} {self.path} has schema version {version}, newer than this "
-                    f"cinfer knows ({len(MIGRATIONS)}); upgrade cinfer or use another file"
+                    f"cinfer knows ({len(migrations)}); upgrade cinfer or use another file"
                 )
-            for number in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number]:
+            for number in range(version, len(migrations)):
+                for statement in migrations[number]:
                     await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
+                await conn.execute(f"INSERT INTO {self.versions} VALUES (?)", (number + 1,))
                 log.info("%s %s: migrated to schema %d", self.what, self.path, number + 1)
 
     async def fetch(self, sql: str, parameters: Any = ()) -> list[Any]:

@@ -105,6 +105,14 @@ def run(settings: Settings) -> int:
     if not root.is_dir():
         log.error("model repository %s does not exist or is not a folder", root)
         return 2
+    if settings.jobs.enabled:
+        from ..jobs.store import JobStore
+
+        try:  # open (and migrate) once here, as the token database below
+            asyncio.run(JobStore(settings.jobs.database).open_and_close())
+        except CinferError as exc:
+            log.error("%s", exc)
+            return 2
     guard = None
     if settings.auth.enabled:
         try:  # open (and migrate) once here, so a bad file is a clean error, not a traceback

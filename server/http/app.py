@@ -1,7 +1,7 @@
 """The HTTP door: KServe v2 REST plus the Triton extensions real clients use, over the DataPlane.
 
 `create_app(settings, dataplane, guard)` builds the route table from the endpoint objects
-(endpoints.py, infer.py, admin.py) and returns `App`, which dispatches from it:
+(endpoints.py, infer.py, jobs.py, admin.py) and returns `App`, which dispatches from it:
 
     access log (accesslog.py) -> App: RouteTable.find(method, path)    (routes.py)
         404 / 405 for what the table does not declare, whatever the token
@@ -40,6 +40,10 @@ from .routes import Found, RawEndpoint, RequestEndpoint, Route, RouteTable
 
 log = logging.getLogger("cinfer")
 
+JOBS_GRACE_S = 5.0
+"""At shutdown, how long the jobs in flight may take to finish; the rest run again at the
+next start (their attempt counted)."""
+
 
 def create_app(
     settings: Settings,
@@ -71,11 +75,19 @@ def create_app(
         assert table is not None
         return table
 
-    infer = InferEndpoint(dataplane, limit)
+    jobs = None
+    if settings.jobs.enabled:  # the async jobs door (issue 15), beside the infer URL
+        from ..jobs.api import Jobs
+        from .jobs import JobsEndpoint, StoredCodec
+
+        recheck = guard.recheck if guard is not None else None
+        jobs = JobsEndpoint(Jobs(settings.jobs, dataplane, StoredCodec(), recheck=recheck), limit)
+    infer = InferEndpoint(dataplane, limit, jobs.prefer if jobs is not None else None)
     endpoints: list[Any] = [
         Health(dataplane),
         Metadata(dataplane),
         Inference(infer),
+        *([jobs] if jobs is not None else []),
         Repository(dataplane, limit),
         Docs(dataplane, current, tokens=guard is not None),
     ]
@@ -106,6 +118,12 @@ def create_app(
             await guard.start()
         try:
             await dataplane.start()
+            if jobs is not None:
+                try:
+                    await jobs.jobs.start()
+                except BaseException:
+                    await dataplane.stop()
+                    raise
         except BaseException:
             if guard is not None:
                 await guard.stop()
@@ -119,6 +137,8 @@ def create_app(
 
     async def stop() -> None:
         try:
+            if jobs is not None:  # before the models go: jobs in flight get to finish
+                await jobs.jobs.stop(min(JOBS_GRACE_S, settings.server.shutdown_grace_s))
             if console is not None:
                 await console.stop()
             elif curator is not None:

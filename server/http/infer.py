@@ -3,13 +3,14 @@
 Why not a Starlette endpoint: Request/Headers/Response objects per request cost more than the
 `tiny` model itself on these 2-core machines, so the route table (routes.py) calls this raw
 ASGI endpoint with the path's model and version. It stays thin: read the body, decode
-(codec.py), hand to DataPlane.exchange, encode, send.
+(codec.py), hand to DataPlane.exchange, encode, send. A request that says
+``Prefer: respond-async`` goes to the jobs door instead (http/jobs.py: answered 202 with a job).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..dataplane import DataPlane
@@ -31,15 +32,24 @@ from .asgi import (
 log = logging.getLogger("cinfer")
 
 
+Deferred = Callable[[Scope, Receive, Send, Mapping[str, str]], Awaitable[None]]
+"""Where an infer request with ``Prefer: respond-async`` goes instead (http/jobs.py)."""
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
 
 
 class InferEndpoint:
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(
+        self, dataplane: DataPlane, max_request_bytes: int, deferred: Deferred | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.limit = max_request_bytes
         self.decoder = codec.Decoder()
+        self.deferred = deferred
+        """The jobs door, when it is on: it takes the requests that prefer to be answered
+        asynchronously (RFC 7240 ``Prefer: respond-async``, as Cog and Replicate use it)."""
 
     async def asgi(
         self, scope: Scope, receive: Receive, send: Send, params: Mapping[str, str]
@@ -59,6 +69,9 @@ class InferEndpoint:
                 encoding = value.decode("latin-1").strip().lower()
             elif key == b"accept-encoding":
                 accept = value.decode("latin-1")
+            elif key == b"prefer" and self.deferred is not None and respond_async(value):
+                await self.deferred(scope, receive, send, params)
+                return
         decoder = self.decoder
 
         def encode(response: InferResponse) -> tuple[bytes, int | None]:
@@ -70,7 +83,7 @@ class InferEndpoint:
             return payload, json_length
 
         try:
-            body = await self._read_body(receive, length)
+            body = await receive_body(receive, length, self.limit)
             if encoding:
                 body = codec.decompress(body, encoding, self.limit)
             if content_type is not None and forms.is_form(content_type):
@@ -117,30 +130,40 @@ class InferEndpoint:
         result: tuple[bytes, int | None] = await dataplane.exchange(model, version, decode, encode)
         return result
 
-    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
-        limit = self.limit
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(
-                f"request body of {length.decode()} bytes exceeds max_request_bytes ({limit})"
-            )
+
+def respond_async(prefer: bytes) -> bool:
+    """Whether a Prefer header's value asks for ``respond-async`` (RFC 7240: a list of
+    preferences, each maybe with parameters)."""
+    for preference in prefer.split(b","):
+        if preference.split(b";")[0].split(b"=")[0].strip().lower() == b"respond-async":
+            return True
+    return False
+
+
+async def receive_body(receive: Receive, length: bytes | None, limit: int) -> bytes:
+    """A raw ASGI request's whole body; 413 as soon as it is known to exceed `limit`."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(
+            f"request body of {length.decode()} bytes exceeds max_request_bytes ({limit})"
+        )
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit})")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
-        body: bytes = message.get("body", b"")
-        if len(body) > limit:
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
             raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit})")
+        chunks.append(chunk)
         if not message.get("more_body", False):
-            return body
-        chunks = [body]
-        size = len(body)
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds max_request_bytes ({limit})")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            return b"".join(chunks)

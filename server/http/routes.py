@@ -52,6 +52,9 @@ class Access(enum.Enum):
     """A model's readiness, asked by clients about to infer: `read` or `infer` on it."""
     INFER = "infer"
     """Inference: `infer` on that model."""
+    JOBS = "jobs"
+    """The async jobs' own routes (/v2/jobs...): `infer` or `admin`; the endpoints keep to
+    the jobs the caller may see (its own; every one's on its models for `admin`)."""
     ADMIN = "admin"
     """The repository and token APIs: the `admin` permission, and the model allowed when the
     path names one; the index and the token API keep to the caller's rights (auth/rights.py)."""
@@ -110,6 +113,8 @@ class Route:
             return Need(("admin",), target, params.get("model"))
         if access is Access.METADATA:
             return None if public_metadata else Need(("read",), target)
+        if access is Access.JOBS:
+            return Need(("infer", "admin"), target)
         if access is Access.SERVER_WIDE:
             return None if public_metadata else Need(("read",), target, every_model=True)
         model, version = params.get("model"), params.get("version")

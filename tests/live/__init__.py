@@ -35,9 +35,10 @@ def live_server(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Start the server over `repository`; yields (base URL, process) once it is ready.
 
-    Authentication and the console are off unless `env` sets ``CINFER_AUTH__ENABLED`` or
-    ``CINFER_CONSOLE__ENABLED`` (the shipped config.toml turns both on, and tests that are not
-    about them should not need a token, nor write a database beside config.toml).
+    Authentication, the console and async jobs are off unless `env` sets
+    ``CINFER_AUTH__ENABLED``, ``CINFER_CONSOLE__ENABLED`` or ``CINFER_JOBS__ENABLED`` (the
+    shipped config.toml turns them on, and tests that are not about them should not need a
+    token, nor write a database beside config.toml).
     """
     port = free_port()
     log_path = repository.parent / f"server-{port}.log"
@@ -60,6 +61,7 @@ def live_server(
             **os.environ,
             "CINFER_AUTH__ENABLED": "false",
             "CINFER_CONSOLE__ENABLED": "false",
+            "CINFER_JOBS__ENABLED": "false",
             **(env or {}),
         },
         text=True,

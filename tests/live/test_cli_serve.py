@@ -25,6 +25,7 @@ def test_a_taken_port_fails_before_any_model_is_loaded(tmp_path: Path) -> None:
             env={
                 **os.environ,
                 "CINFER_AUTH__ENABLED": "false",
+                "CINFER_JOBS__ENABLED": "false",  # no jobs database beside config.toml
                 "CINFER_SERVER__LOG_LEVEL": "debug",
             },
             capture_output=True,

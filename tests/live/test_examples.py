@@ -204,7 +204,8 @@ class Session:
                     self.project / "repository",
                     "--config",
                     str(self.project / "config.toml"),
-                    env={"CINFER_AUTH__ENABLED": "true"},
+                    # As the shipped config.toml has them (live_server turns both off).
+                    env={"CINFER_AUTH__ENABLED": "true", "CINFER_JOBS__ENABLED": "true"},
                 )
             )
         return self._url

@@ -57,7 +57,12 @@ def _repository(root: Path, built: Path) -> Path:
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("fuzz-open")
     repository = _repository(tmp / "models", tmp / "built")
-    with live_server(repository, env={"CINFER_METRICS__ENABLED": "true"}) as (url, _):
+    env = {
+        "CINFER_METRICS__ENABLED": "true",
+        "CINFER_JOBS__ENABLED": "true",
+        "CINFER_JOBS__DATABASE": str(tmp / "db" / "jobs.db"),
+    }
+    with live_server(repository, env=env) as (url, _):
         yield url
 
 
@@ -69,6 +74,8 @@ def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         "CINFER_AUTH__ENABLED": "true",
         "CINFER_AUTH__DATABASE": str(tmp / "db" / "cinfer.db"),
         "CINFER_METRICS__ENABLED": "true",
+        "CINFER_JOBS__ENABLED": "true",
+        "CINFER_JOBS__DATABASE": str(tmp / "db" / "jobs.db"),
     }
     made = subprocess.run(
         [sys.executable, "-m", "server", "tokens", "create", "--name", "fuzz",
