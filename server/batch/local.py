@@ -33,14 +33,16 @@ async def loaded(
     root: Path, model: str, version: str | None, max_image_pixels: int, pin: bool
 ) -> AsyncIterator[DataPlane]:
     """A DataPlane over `root` with `model` loaded (explicit mode: only that one), for the
-    block's length; TargetFailed when it cannot load."""
+    block's length; TargetFailed when it cannot load. The process is set up as `cinfer serve`
+    sets it up (the event loop's core pinned with `pin`, the server's garbage-collector
+    policy), and put back as it was after the block."""
     core = affinity.python_core() if pin else None
     affinity.pin(core)  # the event loop's core, shared by the engine-calling threads
     heap = Collector()
     heap.install()
     dataplane = DataPlane(Reconciler(root, core, heap, max_image_pixels), "explicit")
-    await dataplane.start()
     try:
+        await dataplane.start()
         await dataplane.wait_ready()
         try:
             await dataplane.load_model(model, None)
@@ -50,6 +52,8 @@ async def loaded(
         yield dataplane
     finally:
         await dataplane.stop()
+        heap.uninstall()
+        affinity.release()
 
 
 def schema_of(found: ModelVersion, classification: int) -> Schema:

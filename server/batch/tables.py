@@ -20,11 +20,9 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import orjson
-
-from .outputs import NUMPY, TABLE_NAME, lock
+from .outputs import TABLE_NAME, lock
 from .rows import BatchError, OutputLocked, Record, Schema
 
 COLUMNS = ("index", "file", "outputs", "error")
@@ -43,15 +41,14 @@ def table_name(table: str | None, model: str) -> str:
 
 def split_table(url: str, table: str | None, model: str) -> tuple[str, str]:
     """A database URL without its ``?table=`` (which libpq would refuse), and the table."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    base, _, given = url.partition("?")
+    query = parse_qsl(given, keep_blank_values=True)
     named = [value for key, value in query if key == "table"]
     if named and table is not None and named[-1] != table:
         raise BatchError(f"--table {table} and ?table={named[-1]} in --output disagree")
     rest = urlencode([(key, value) for key, value in query if key != "table"])
-    return urlunsplit(parts._replace(query=rest)), table_name(
-        table or next(reversed(named), None), model
-    )
+    name = table_name(table or next(reversed(named), None), model)
+    return (f"{base}?{rest}" if rest else base), name
 
 
 def sqlite_path(url: str) -> str:
@@ -70,9 +67,7 @@ def _mismatch(name: str, found: Sequence[str]) -> BatchError:
 
 
 def _outputs(record: Record) -> str | None:
-    if record.outputs is None:
-        return None
-    return orjson.dumps(record.outputs, option=NUMPY).decode()
+    return record.outputs_json().decode() if record.outputs is not None else None
 
 
 class SQLiteTable:
