@@ -1,6 +1,6 @@
 """What a run shows while it runs, and its summary. On a terminal, one line redrawn in place:
 
-    [##########..........]  51%  10,240/20,000 rows  5,120 rows/s  ETA 0:00:02  3 errors
+    [##########..........]  51%  10,240/20,000 rows  5,120 rows/s  ETA 1.9s  3 errors
 
 When stderr is not a terminal (a log file, cron, a Kubernetes pod), the same figures as a
 plain line every `interval` seconds, so the log shows the run's pace without a line per row.
@@ -41,7 +41,7 @@ class Summary:
         head = f"{self.written:,} rows in {_duration(self.seconds)}"
         if self.written:
             head += f" ({self.rate:,.0f} rows/s)"
-        head += f", {self.errors:,} error rows"
+        head += f"; error rows: {self.errors:,}"
         lines = [head]
         if self.resumed:
             lines.append(f"resumed after the {self.resumed:,} rows {output} held")
@@ -69,7 +69,10 @@ class Progress:
         self._drawn = False
 
     def update(self, done: int, errors: int, force: bool = False) -> None:
-        """`done` rows answered by this run so far, `errors` of them error rows."""
+        """`done` rows answered by this run so far, `errors` of them error rows; `force`: the
+        last figures, drawn on a terminal (elsewhere the summary follows)."""
+        if force and not self.tty:
+            return
         now = time.monotonic()
         wait = REDRAW_S if self.tty else self.interval
         if not force and now - self._shown < wait:

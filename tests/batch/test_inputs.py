@@ -43,7 +43,7 @@ def test_csv_rows_come_back_in_order_and_bad_lines_are_error_rows_in_place(
     for row in rows:
         if row["index"] not in errors:
             answered(row, values[row["index"]])
-    assert "10 rows in" in result.stderr and "3 error rows" in result.stderr
+    assert "10 rows in" in result.stderr and "error rows: 3" in result.stderr
     assert f"done: {out} holds all 10 rows" in result.stderr
 
 
