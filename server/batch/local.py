@@ -70,8 +70,6 @@ def schema_of(found: ModelVersion, classification: int) -> Schema:
         ),
         outputs=outputs,
         max_batch_size=config.max_batch_size,
-        images=frozenset(found.images.inputs) if found.images is not None else frozenset(),
-        labelled=labelled,
     )
 
 

@@ -90,10 +90,10 @@ class Progress:
         if self.tty:
             filled = int(BAR * share)
             bar = "#" * filled + "." * (BAR - filled)
-            self.stream.write(f"\r[{bar}] {share:4.0%}  {figures}\x1b[K")
+            self.stream.write(f"\r[{bar}] {int(share * 100):3d}%  {figures}\x1b[K")
             self._drawn = True
         else:
-            self.stream.write(f"cinfer batch: {share:.0%}  {figures}\n")
+            self.stream.write(f"cinfer batch: {int(share * 100)}%  {figures}\n")
         self.stream.flush()
 
     def finish(self, summary: Summary, output: str) -> None:

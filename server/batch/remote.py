@@ -75,8 +75,6 @@ class Remote:
             ),
             outputs=(labelled or outputs) if classification else outputs,
             max_batch_size=int(config.get("max_batch_size", 0)),
-            images=frozenset(t["name"] for t in config.get("input", []) if "image" in t),
-            labelled=labelled,
         )
         return cls(client, path, schema, concurrency, retries, binary, classification)
 

@@ -51,10 +51,6 @@ class Schema:
     outputs: tuple[str, ...]
     """The outputs each answer holds, in order (the CSV columns)."""
     max_batch_size: int
-    images: frozenset[str] = frozenset()
-    """Inputs that take image files (BYTES, one file per element)."""
-    labelled: tuple[str, ...] = ()
-    """Outputs with class labels: what --classification answers."""
 
     def single(self, kind: str) -> Tensor:
         """The model's one input, for inputs that carry rows of one tensor."""
