@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -26,6 +27,11 @@ log = logging.getLogger("cinfer")
 
 RETRIES = 8
 """Tries for a piece the model answers 503 (its queue full or timed out), backing off."""
+SWITCH_S = 0.0005
+"""The GIL's switch interval during a run (CPython's default: 5 ms). The writer thread
+encodes JSON with the GIL held, call after call; an engine thread back from a batch, or the
+event loop with the next piece, waited up to the whole interval for it, while the engine
+sat idle (docs/performance.md, "cinfer batch")."""
 
 
 @contextlib.asynccontextmanager
@@ -40,6 +46,8 @@ async def loaded(
     affinity.pin(core)  # the event loop's core, shared by the engine-calling threads
     heap = Collector()
     heap.install()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_S)
     dataplane = DataPlane(Reconciler(root, core, heap, max_image_pixels), "explicit")
     try:
         await dataplane.start()
@@ -52,6 +60,7 @@ async def loaded(
         yield dataplane
     finally:
         await dataplane.stop()
+        sys.setswitchinterval(switch)
         heap.uninstall()
         affinity.release()
 
