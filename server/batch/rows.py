@@ -148,9 +148,6 @@ class Output:
     """The values, flattened, as a JSON list."""
     size: int
 
-    def json(self) -> bytes:
-        return self.head + self.data + b"}"
-
 
 @dataclass(slots=True)
 class Record:
@@ -166,17 +163,26 @@ class Record:
 
     def outputs_json(self) -> bytes:
         """``[{"name", "datatype", "shape", "data"}, ...]``, as a v2 infer response has it."""
+        return b"".join(self.outputs_parts())
+
+    def outputs_parts(self) -> list[bytes]:
+        """`outputs_json` in parts, for a writer that joins many rows at once (one copy of
+        the values, not one per step)."""
         assert self.outputs is not None
-        return b"[" + b",".join([output.json() for output in self.outputs]) + b"]"
+        parts = [b"["]
+        for output in self.outputs:
+            parts += (output.head, output.data, b"},")
+        parts[-1] = b"}]"
+        return parts
 
 
 def records(answer: Answer, stacked: bool) -> list[Record]:
     """The output rows of one answer: one per row of its piece (a stacked piece's outputs are
     cut along their first dim, each row answered as a one-row request would be).
 
-    In bulk: each output's values are written as JSON once per piece, one orjson call for
-    all its rows, and cut into rows; a row's own work is joining bytes. Per row and output,
-    orjson and a dict cost 26 us for 1024 floats, this 22.
+    Each row's values are written by orjson straight from the output array (a row of it),
+    the rest of its JSON is bytes shared by the piece's rows, and a writer joins the parts
+    of many rows in one copy: 1024 floats cost 26 us a row here, 24 us of them orjson's.
     """
     piece = answer.piece
     names = piece.names
@@ -216,9 +222,7 @@ def _column(name: str, array: np.ndarray, rows: int, split: bool) -> list[Output
     values = to_json(array, datatype)
     if datatype == "BYTES":
         texts = [orjson.dumps(values[i * size : (i + 1) * size]) for i in range(rows)]
-    elif not split:
-        texts = [orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)]
-    else:  # numbers: one call for every row, then cut at the rows' "],["
-        text = orjson.dumps(values.reshape(rows, size), option=orjson.OPT_SERIALIZE_NUMPY)
-        texts = [b"[%b]" % part for part in text[2:-2].split(b"],[")]
+    else:  # numbers: orjson reads the array's rows in place
+        table = values.reshape(rows, size)
+        texts = [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in table]
     return [Output(name, head, data, size) for data in texts]
