@@ -140,9 +140,12 @@ class Run:
         except TargetFailed as exc:
             summary.stopped = str(exc)
         finally:
-            for _, task in pending:
-                if task is not None:
-                    task.cancel()
+            tasks = [task for _, task in pending if task is not None]
+            for task in tasks:
+                task.cancel()
+            # Their answers come after the piece that stopped the run: not written, but
+            # collected, so no failure of theirs is left unretrieved.
+            await asyncio.gather(*tasks, return_exceptions=True)
             if writing is not None:
                 await writing
             if buffer:
