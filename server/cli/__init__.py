@@ -8,11 +8,12 @@
     cinfer tokens extend REF --expires WHEN | reset-usage REF | update REF [--scope ...]
     cinfer admin create --username NAME [--role admin|viewer] [--password-stdin]
     cinfer admin reset-password --username NAME [--password-stdin] | list | delete
+    cinfer batch MODEL INPUT --output OUT [--table NAME] [--url URL [--token T]] [...]
 
 `serve` is the default command: `cinfer` with no command takes serve's flags and serves, so
 bare `cinfer` serves with ./config.toml and `python -m server --repository DIR --port 9000`
-serves too. One module per command: serve.py, tokens.py, admin.py; config.py has what they
-share.
+serves too. One module per command: serve.py, tokens.py, admin.py, batch.py; config.py has
+what they share.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import click
 
 from .. import __version__
 from .admin import admin
+from .batch import batch
 from .serve import serve, serve_options
 from .tokens import tokens
 
@@ -66,3 +68,4 @@ def main(
 main.add_command(serve)
 main.add_command(tokens)
 main.add_command(admin)
+main.add_command(batch)
