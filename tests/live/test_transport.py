@@ -118,40 +118,53 @@ def test_without_auth_the_access_log_names_the_peer(repo: Path) -> None:
     assert entry["client"].startswith("127.0.0.1:"), entry
 
 
+@contextlib.contextmanager
+def uvicorn_serving(app: Any) -> Iterator[int]:
+    """uvicorn as `cinfer serve` configures it (our protocol), serving `app` on a free port
+    in a thread; yields the port."""
+    with listen("127.0.0.1", 0) as sock:
+        port = sock.getsockname()[1]
+        running = uvicorn.Server(transport(Settings(), app, port))
+        thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]})
+        thread.start()
+        try:
+            wait_until(lambda: running.started, "uvicorn to start")
+            yield port
+        finally:
+            running.should_exit = True
+            thread.join(TIMEOUT)
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan of an app with nothing to start."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def test_forwarding_headers_change_neither_client_nor_scheme() -> None:
     """uvicorn as `cinfer serve` configures it, serving an app that shows its scope."""
 
     async def show_scope(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         host = dict(scope["headers"])[b"host"].decode()
         body = orjson.dumps({"client": scope["client"], "scheme": scope["scheme"], "host": host})
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    with listen("127.0.0.1", 0) as sock:
-        port = sock.getsockname()[1]
-        running = uvicorn.Server(transport(Settings(), show_scope, port))
-        thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]})
-        thread.start()
-        try:
-            wait_until(lambda: running.started, "uvicorn to start")
-            forged = {
-                "X-Forwarded-For": "10.1.2.3",
-                "X-Forwarded-Proto": "https",
-                "X-Forwarded-Host": "evil.example",
-                "Forwarded": "for=10.1.2.3;proto=https;host=evil.example",
-            }
-            shown = httpx.get(f"http://127.0.0.1:{port}/", headers=forged).json()
-            assert (shown["scheme"], shown["host"]) == ("http", f"127.0.0.1:{port}")
-            address, client_port = shown["client"]
-            assert address == "127.0.0.1" and client_port > 0  # uvicorn's rewrite gave port 0
-        finally:
-            running.should_exit = True
-            thread.join(TIMEOUT)
+    with uvicorn_serving(show_scope) as port:
+        forged = {
+            "X-Forwarded-For": "10.1.2.3",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example",
+            "Forwarded": "for=10.1.2.3;proto=https;host=evil.example",
+        }
+        shown = httpx.get(f"http://127.0.0.1:{port}/", headers=forged).json()
+        assert (shown["scheme"], shown["host"]) == ("http", f"127.0.0.1:{port}")
+        address, client_port = shown["client"]
+        assert address == "127.0.0.1" and client_port > 0  # uvicorn's rewrite gave port 0
 
 
 # ---- raw connections ---------------------------------------------------------------------
@@ -425,9 +438,7 @@ def test_a_head_waits_for_its_body_only_within_the_turn_of_the_loop() -> None:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         path = scope["path"]
         if path == "/echo":
@@ -449,31 +460,22 @@ def test_a_head_waits_for_its_body_only_within_the_turn_of_the_loop() -> None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
 
-    with listen("127.0.0.1", 0) as sock:
-        port = sock.getsockname()[1]
-        running = uvicorn.Server(transport(Settings(), app, port))
-        thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]})
-        thread.start()
-        try:
-            wait_until(lambda: running.started, "uvicorn to start")
-            url = f"http://127.0.0.1:{port}"
-            with connect(url) as client:
-                client.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-                head = client.recv(65536)
-                assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
-                release.set()
-                rest = client.recv(65536)
-                assert b"late" in rest
-                client.sendall(b"HEAD /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert client.recv(65536).startswith(b"HTTP/1.1 204 No Content\r\n")
-                client.sendall(
-                    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                    b"Expect: 100-continue\r\n\r\n"
-                )
-                assert client.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
-                client.sendall(b"hello")
-                status, headers, _ = answer(one_response(client).replace(b"hello", b"{}"))
-                assert status == 200 and headers["content-length"] == "5"
-        finally:
-            running.should_exit = True
-            thread.join(TIMEOUT)
+    with uvicorn_serving(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        with connect(url) as client:
+            client.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = client.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+            release.set()
+            rest = client.recv(65536)
+            assert b"late" in rest
+            client.sendall(b"HEAD /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 204 No Content\r\n")
+            client.sendall(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            assert client.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            client.sendall(b"hello")
+            status, headers, _ = answer(one_response(client).replace(b"hello", b"{}"))
+            assert status == 200 and headers["content-length"] == "5"
