@@ -150,7 +150,10 @@ class Images:
         threads, width = decoding_threads()
         parts = [small[i::width] for i in range(min(width, len(small)))]
         pending: list[Awaitable[list[np.ndarray]]] = [
-            loop.run_in_executor(threads, self._decode_all, image, files, p) for p in parts
+            loop.run_in_executor(
+                threads, decode_files, image, self.max_pixels, [(i, files[i]) for i in p]
+            )
+            for p in parts
         ]
         if large:
             processes = decoding_processes()
@@ -170,11 +173,6 @@ class Images:
                 decoded[i] = tensor
         return decoded
 
-    def _decode_all(
-        self, image: ImageTensor, files: np.ndarray, indexes: Sequence[int]
-    ) -> list[np.ndarray]:
-        return [self.decode(image, i, files[i]) for i in indexes]
-
     def decode(self, image: ImageTensor, index: int, data: object) -> np.ndarray:
         """Blocking: element `index` of input `image` as its tensor for one image."""
         where = f"input '{image.name}' element {index}"
@@ -187,7 +185,7 @@ class Images:
 def decode_files(
     image: ImageTensor, max_pixels: int, items: list[tuple[int, bytes]]
 ) -> list[np.ndarray]:
-    """In a decoding process (decoding.py): each (index, file) as its tensor."""
+    """In a decoding thread or process (decoding.py): each (index, file) as its tensor."""
     images = Images({image.name: image}, max_pixels)
     return [images.decode(image, i, data) for i, data in items]
 
