@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..dataplane import DataPlane
-from ..errors import CinferError, PayloadTooLarge
+from ..errors import PayloadTooLarge
 from ..inference import InferRequest, InferResponse
 from . import codec, forms
 from .asgi import (
@@ -26,7 +26,7 @@ from .asgi import (
     Receive,
     Scope,
     Send,
-    send_error,
+    send_failure,
 )
 
 log = logging.getLogger("cinfer")
@@ -94,16 +94,10 @@ class InferEndpoint:
                 payload, json_length = await self.dataplane.exchange(
                     model, version, lambda: decoder.decode(body, header_length), encode
                 )
-        except CinferError as exc:
-            scope[STATUS_KEY] = exc.status_code
-            await send_error(send, exc.status_code, exc.message, exc.headers)
-            return
         except ClientDisconnected:
             return
-        except Exception as exc:  # nothing a client sends may crash the server
-            log.error("infer on model %s failed unexpectedly", model, exc_info=exc)
-            scope[STATUS_KEY] = 500
-            await send_error(send, 500, "internal server error (see the server log)")
+        except Exception as exc:
+            await send_failure(scope, send, exc, f"infer on model {model}")
             return
         scope[STATUS_KEY] = 200
         headers = [(b"content-type", JSON if json_length is None else BINARY)]

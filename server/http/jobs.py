@@ -27,13 +27,12 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
 from .. import wire
-from ..errors import CinferError
 from ..inference import InferRequest, InferResponse
 from ..jobs.api import Jobs
 from ..jobs.job import Request, Result
 from ..models import ModelVersion
 from . import codec, forms
-from .asgi import BINARY, JSON, STATUS_KEY, Receive, Scope, Send, send_error
+from .asgi import BINARY, JSON, STATUS_KEY, Receive, Scope, Send, send_failure
 from .endpoints import MODEL, VERSIONED, JSONResponse
 from .infer import ClientDisconnected, receive_body
 from .job_events import Watching, caller
@@ -113,11 +112,10 @@ class JobsEndpoint:
             job = await self.jobs.submit(
                 params["model"], params.get("version"), request, caller(scope), url
             )
-        except CinferError as exc:
-            scope[STATUS_KEY] = exc.status_code
-            await send_error(send, exc.status_code, exc.message, exc.headers)
-            return
         except ClientDisconnected:
+            return
+        except Exception as exc:
+            await send_failure(scope, send, exc, f"a job submitted for model {params['model']}")
             return
         prefix = scope.get("root_path", "")
         answer = orjson.dumps(job.answer(prefix))
