@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, ModelLoadError, NotFound
@@ -48,10 +48,9 @@ from .scheduler import Completions, InstancePool
 
 log = logging.getLogger("cinfer")
 
-#: model.toml keys a loaded version takes on without reloading its model file.
 #: Seconds after the last model change before the heap is settled (heap.py).
 SETTLE_DELAY = 1.0
-
+#: model.toml keys a loaded version takes on without reloading its model file.
 IN_PLACE = {"instances", "batching", "description"}
 
 
@@ -98,8 +97,11 @@ class Reconciler:
         python_core: int | None = None,
         heap: Collector | None = None,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        instances: int | None = None,
     ) -> None:
         self.root = root
+        self.instances = instances
+        """Every model's instance count over its model.toml's (`cinfer batch --instances`)."""
         self.max_image_pixels = max_image_pixels
         """What one image sent to an image input may have ([server] max_image_pixels)."""
         self.python_core = python_core
@@ -246,7 +248,7 @@ class Reconciler:
             model = self.models[name] = Model(name)
         started = time.perf_counter()
         try:
-            source, prints = await asyncio.to_thread(_read, self.root, name)
+            source, prints = await asyncio.to_thread(_read, self.root, name, self.instances)
         except (ConfigError, OSError) as exc:
             return self._unreadable(model, str(exc), time.perf_counter() - started)
         model.reason = ""
@@ -485,9 +487,14 @@ def _close(pool: InstancePool) -> None:
     give_back_freed_memory()
 
 
-def _read(root: Path, name: str) -> tuple[ModelSource, dict[int, Fingerprint]]:
-    """Blocking: model.toml, the selected versions and their files' fingerprints."""
+def _read(
+    root: Path, name: str, instances: int | None
+) -> tuple[ModelSource, dict[int, Fingerprint]]:
+    """Blocking: model.toml (with `instances` over its own), the selected versions and their
+    files' fingerprints."""
     source = read_model(root, name)
+    if instances is not None:
+        source = replace(source, config=source.config.model_copy(update={"instances": instances}))
     return source, {number: fingerprint(source, number) for number in source.versions}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from . import tables, tabular
 from .inputs import Folder, JSONLines, NumpyRows, Source
 from .outputs import CSVFile, JSONLinesFile, Sink
+from .parquet import ParquetFolder
 from .rows import BatchError, Schema
 
 SUFFIXES = {
@@ -61,7 +62,10 @@ def open_output(spec: str, table: str | None, model: str) -> Sink:
         return JSONLinesFile(file)
     if suffix == ".csv":
         return CSVFile(file)
+    if suffix in (".parquet", ".pq"):
+        return ParquetFolder(file)
     raise BatchError(
-        f"--output {spec}: cannot tell its kind (a .jsonl, .csv, .db or .sqlite file, "
+        f"--output {spec}: cannot tell its kind (a .jsonl, .csv, .db or .sqlite file, a "
+        ".parquet folder, "
         "sqlite:///FILE?table=NAME or postgresql://...?table=NAME)"
     )

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import orjson
 
-from .rows import BatchError, Output, OutputLocked, Record, Schema
+from .rows import Answer, BatchError, Output, OutputLocked, Record, Schema, records
 
 IOV_MAX = 1024
 """Buffers one writev takes (Linux's limit)."""
@@ -39,8 +39,9 @@ class Sink(Protocol):
         """Lock the output, create it or check it holds this run's rows; the rows it holds
         and the file name of the last one (`keyed`: rows carry a file name)."""
 
-    def write(self, records: Sequence[Record]) -> None:
-        """Append `records` (the rows after those written) as one checkpoint."""
+    def write(self, answers: Sequence[Answer], stacked: bool) -> int:
+        """Append the rows of `answers` (those after the rows written) as one checkpoint;
+        the rows among them that carry an error."""
 
     def close(self) -> None: ...
 
@@ -70,7 +71,19 @@ def json_line(record: Record, model: bytes) -> list[bytes]:
     return [line, b',"outputs":', *record.outputs_parts(), b"}\n"]
 
 
-class LineFile:
+class RowSink:
+    """A sink written a `Record` at a time (the JSON of its outputs made by rows.records)."""
+
+    def write(self, answers: Sequence[Answer], stacked: bool) -> int:
+        rows = [record for answer in answers for record in records(answer, stacked)]
+        self.write_rows(rows)
+        return sum(1 for row in rows if row.outputs is None)
+
+    def write_rows(self, records: Sequence[Record]) -> None:
+        raise NotImplementedError
+
+
+class LineFile(RowSink):
     """An output file of one row per line, after `header` lines."""
 
     header = 0
@@ -149,7 +162,7 @@ class JSONLinesFile(LineFile):
             )
         return rows, file
 
-    def write(self, records: Sequence[Record]) -> None:
+    def write_rows(self, records: Sequence[Record]) -> None:
         model = self.model
         parts: list[bytes] = []
         for record in records:
@@ -188,7 +201,7 @@ class CSVFile(LineFile):
             )
         return rows, cells[1] if keyed else None
 
-    def write(self, records: Sequence[Record]) -> None:
+    def write_rows(self, records: Sequence[Record]) -> None:
         text = io.StringIO()
         out = csv.writer(text, lineterminator="\n")
         for record in records:

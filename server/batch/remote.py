@@ -64,8 +64,12 @@ class Remote:
         probe = cls(client, path, Schema(model, "", (), (), 0), 1, retries, binary, 0)
         metadata = (await probe._send("GET", path, None, {})).json()
         config = (await probe._send("GET", f"{path}/config", None, {})).json()
-        outputs = tuple(t["name"] for t in metadata["outputs"])
+        types = {t["name"]: t["datatype"] for t in metadata["outputs"]}
+        outputs = tuple(types)
         labelled = tuple(t["name"] for t in config.get("output", []) if t.get("label_filename"))
+        if classification:
+            outputs = labelled or outputs
+            types = dict.fromkeys(outputs, "BYTES")
         versions = metadata.get("versions") or [""]
         schema = Schema(
             model=model,
@@ -73,10 +77,18 @@ class Remote:
             inputs=tuple(
                 Tensor(t["name"], t["datatype"], tuple(t["shape"])) for t in metadata["inputs"]
             ),
-            outputs=(labelled or outputs) if classification else outputs,
+            outputs=outputs,
             max_batch_size=int(config.get("max_batch_size", 0)),
+            output_types=tuple(types[name] for name in outputs),
         )
         return cls(client, path, schema, concurrency, retries, binary, classification)
+
+    def describe(self) -> str:
+        """Where the run's rows go, for its first line."""
+        return (
+            f"model {self.schema.model} version {self.schema.version} on {self.client.base_url}"
+            f": {self.concurrency} request{'s' if self.concurrency > 1 else ''} in flight"
+        )
 
     def window(self) -> tuple[int, int]:
         rows = self.concurrency * max(1, self.schema.max_batch_size)

@@ -51,6 +51,8 @@ class Schema:
     outputs: tuple[str, ...]
     """The outputs each answer holds, in order (the CSV columns)."""
     max_batch_size: int
+    output_types: tuple[str, ...] = ()
+    """Each output's datatype (BYTES for a classification's), for typed outputs (Parquet)."""
 
     def single(self, kind: str) -> Tensor:
         """The model's one input, for inputs that carry rows of one tensor."""

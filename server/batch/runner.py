@@ -28,7 +28,7 @@ from typing import Protocol
 from .inputs import Source
 from .outputs import Sink
 from .progress import Progress, Summary
-from .rows import Answer, BatchError, Piece, Schema, TargetFailed, records
+from .rows import Answer, BatchError, Piece, Schema, TargetFailed
 
 FLUSH_ROWS = 4096
 FLUSH_S = 0.5
@@ -38,6 +38,9 @@ class Target(Protocol):
     """Where pieces are answered: local.Local or remote.Remote."""
 
     schema: Schema
+
+    def describe(self) -> str:
+        """Where the rows go (the model, its version, instances or server)."""
 
     def window(self) -> tuple[int, int]:
         """(rows, requests) to keep in flight."""
@@ -158,11 +161,8 @@ class Run:
 
     def _write(self, answers: list[Answer], summary: Summary) -> None:
         """Writer thread: the answers as output rows, one checkpoint."""
-        stacked = self.stacked
-        rows = [record for answer in answers for record in records(answer, stacked)]
-        self.sink.write(rows)
-        summary.written += len(rows)
-        summary.errors += sum(1 for r in rows if r.outputs is None)
+        summary.errors += self.sink.write(answers, self.stacked)
+        summary.written += sum(answer.piece.count for answer in answers)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

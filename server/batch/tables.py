@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .outputs import TABLE_NAME, lock
+from .outputs import TABLE_NAME, RowSink, lock
 from .rows import BatchError, OutputLocked, Record, Schema
 
 COLUMNS = ("index", "file", "outputs", "error")
@@ -70,7 +70,7 @@ def _outputs(record: Record) -> str | None:
     return record.outputs_json().decode() if record.outputs is not None else None
 
 
-class SQLiteTable:
+class SQLiteTable(RowSink):
     def __init__(self, path: Path, table: str) -> None:
         if "." in table:
             raise BatchError(f"table name {table!r}: SQLite tables have no schema part")
@@ -111,7 +111,7 @@ class SQLiteTable:
         ).fetchone()
         return row[0] if row else None
 
-    def write(self, records: Sequence[Record]) -> None:
+    def write_rows(self, records: Sequence[Record]) -> None:
         assert self._db is not None
         try:
             with self._db:
@@ -131,7 +131,7 @@ class SQLiteTable:
             self._lock = -1
 
 
-class PostgreSQLTable:
+class PostgreSQLTable(RowSink):
     def __init__(self, url: str, table: str) -> None:
         self.url, self.table = url, table
         parts = urlsplit(url)
@@ -203,7 +203,7 @@ class PostgreSQLTable:
         ).fetchone()
         return row[0] if row else None
 
-    def write(self, records: Sequence[Record]) -> None:
+    def write_rows(self, records: Sequence[Record]) -> None:
         import psycopg
         from psycopg import sql
 

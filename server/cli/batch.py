@@ -36,8 +36,9 @@ LOCKED = 75  # EX_TEMPFAIL: cron and systemd read it as "try again later"
     "-o",
     required=True,
     metavar="OUT",
-    help="rows.jsonl, rows.csv, rows.db (with --table), sqlite:///FILE?table=NAME "
-    "or postgresql://...?table=NAME. Rerun with the same OUT to resume.",
+    help="rows.jsonl, rows.csv, rows.parquet (a folder), rows.db (with --table), "
+    "sqlite:///FILE?table=NAME or postgresql://...?table=NAME. Rerun with the same OUT to "
+    "resume.",
 )
 @click.option(
     "--table",
@@ -51,6 +52,13 @@ LOCKED = 75  # EX_TEMPFAIL: cron and systemd read it as "try again later"
     type=click.Path(file_okay=False, path_type=Path),
     metavar="DIR",
     help="Model repository folder (overrides [repository] path).",
+)
+@click.option(
+    "--instances",
+    type=click.IntRange(1, 256),
+    metavar="N",
+    help="In this process: engine instances for the run, over model.toml's (on CPU, one per "
+    "core is the fastest; docs/batch.md, Throughput).",
 )
 @click.option(
     "--url", metavar="URL", help="Run on this server (http://host:port) instead of in this process."
@@ -108,6 +116,8 @@ def batch(model: str, source: Path, output: str, table: str | None, **options: A
         if options[name] and not options["url"]:
             flag = "--json" if name == "as_json" else f"--{name}"
             raise click.UsageError(f"{flag} is for runs on a server (--url)")
+    if options["url"] and options["instances"]:
+        raise click.UsageError("--instances is for runs in this process (the server has its own)")
     code = asyncio.run(_main(model, source, output, table, options))
     if code:
         raise click.exceptions.Exit(code)
@@ -161,7 +171,7 @@ async def _target(model: str, options: Any) -> AsyncIterator[Any]:
     if not root.is_dir():
         raise click.UsageError(f"model repository {root} does not exist or is not a folder")
     pixels, pin = settings.server.max_image_pixels, settings.server.pin_threads
-    async with loaded(root, model, version, pixels, pin) as dataplane:
+    async with loaded(root, model, version, pixels, pin, options["instances"]) as dataplane:
         found = dataplane.version(model, version)
         yield Local(dataplane, schema_of(found, classification), version, classification)
 
@@ -181,6 +191,7 @@ async def _run(
     run = Run(reader, target, sink)
     try:
         start = await run.open(isinstance(reader, Folder))
+        _say(f"{target.describe()}; {rows} row{'s' if rows > 1 else ''} per request")
         progress = Progress(sys.stderr, reader.total, start, options["progress_interval"])
         summary = await run.run(start, stop, progress)
     finally:

@@ -69,6 +69,13 @@ def rows_of(output: str | Path, table: str = "") -> list[Row]:
                 f'SELECT "index", "file", "outputs", "error" FROM "{table}" ORDER BY "index"'
             ).fetchall()
         return [_table_row(*row) for row in found]
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)  # the folder's parts as one table
+        singles = {f.name for f in table.schema if f.type == pa.list_(pa.float32())}
+        return [_parquet_row(row, singles) for row in table.to_pylist()]
     if path.suffix == ".csv":
         with open(path, newline="") as file:
             return [_csv_row(row) for row in csv.DictReader(file)]
@@ -110,4 +117,27 @@ def _csv_row(cells: dict[str, str]) -> Row:
             value = cell  # one string, as it is
         outputs[name] = value if isinstance(value, list) else [value]
     row["outputs"] = outputs
+    return row
+
+
+def _parquet_row(cells: dict[str, Any], singles: set[str]) -> Row:
+    """As the other kinds' rows: float32 values as JSON writes them (their shortest form)."""
+    row: Row = {"index": cells.pop("index")}
+    if "file" in cells:
+        row["file"] = cells.pop("file")
+    error = cells.pop("error")
+    if error is not None:
+        row["error"] = error
+        return row
+    row["outputs"] = {
+        name: [
+            v.decode()
+            if isinstance(v, bytes)
+            else float(str(np.float32(v)))
+            if name in singles
+            else v
+            for v in values
+        ]
+        for name, values in cells.items()
+    }
     return row

@@ -143,6 +143,10 @@ def test_a_folder_of_images_is_run_in_name_order_and_a_broken_file_is_its_row(
                       "digit-4.jpg": "4:four", "digit-7.jpg": "7:seven",
                       "digit-9.png": "9:nine"}  # fmt: skip
     assert "cannot be read" in rows[3]["error"] or "damaged or truncated" in rows[3]["error"]
+    parquet = tmp_path / "digits.parquet"  # labels as binary, the error in place
+    cinfer_batch("mnist", str(folder), "--output", str(parquet), "--classification", "1",
+                 "--repository", str(models))  # fmt: skip
+    assert rows_of(parquet) == rows
 
 
 def test_a_model_without_a_batch_dim_takes_each_row_as_a_whole_request(
@@ -181,3 +185,21 @@ def test_an_input_that_cannot_feed_the_model_is_refused_before_any_row_runs(
     result = cinfer_batch("nothing", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "x.jsonl"),
                           "--repository", str(models), code=3)  # fmt: skip
     assert "no folder for model 'nothing' in the repository" in result.stderr
+
+
+def test_instances_gives_the_run_engine_instances_of_its_own_and_the_same_rows(
+    models: Path, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "rows.npy", identity_rows(50))
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    said = cinfer_batch("identity", str(tmp_path / "rows.npy"), "-o", str(one), "--repository",
+                        str(models)).stderr  # fmt: skip
+    assert "model identity version 1 in this process: 1 engine instance on cpu" in said
+    said = cinfer_batch("identity", str(tmp_path / "rows.npy"), "-o", str(two), "--repository",
+                        str(models), "--instances", "2").stderr  # fmt: skip
+    assert "model identity version 1 in this process: 2 engine instances on cpu" in said
+    assert rows_of(two) == rows_of(one)
+    assert [row["outputs"]["OUTPUT0"] for row in rows_of(two)] == identity_rows(50).tolist()
+    refused = cinfer_batch("identity", str(tmp_path / "rows.npy"), "-o", str(tmp_path / "x.csv"),
+                           "--url", "http://127.0.0.1:9", "--instances", "2", code=2)  # fmt: skip
+    assert "--instances is for runs in this process" in refused.output

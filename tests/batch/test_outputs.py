@@ -11,12 +11,13 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 
 from tests.batch import cinfer_batch, identity_rows, rows_of
 from tests.onnx_models import SAMPLES
 
-KINDS = ["jsonl", "csv", "sqlite", "sqlite-url", "postgresql"]
+KINDS = ["jsonl", "csv", "parquet", "sqlite", "sqlite-url", "postgresql"]
 
 
 def rows_csv(path: Path, count: int) -> Path:
@@ -28,7 +29,7 @@ def rows_csv(path: Path, count: int) -> Path:
 
 def target(kind: str, tmp_path: Path, postgres: str | None) -> tuple[list[str], str, str]:
     """(--output and --table arguments, what rows_of reads, the table)."""
-    if kind in ("jsonl", "csv"):
+    if kind in ("jsonl", "csv", "parquet"):
         out = str(tmp_path / f"out.{kind}")
         return ["--output", out], out, ""
     if kind == "sqlite":
@@ -72,6 +73,10 @@ def test_every_output_kind_holds_the_same_rows_and_resumes_after_what_it_holds(
         lines = path.read_bytes().splitlines(keepends=True)
         kept = 11 + (name == "csv")  # the header
         path.write_bytes(b"".join(lines[:kept]) + lines[kept][:7])
+    elif name == "parquet":  # one part of 11 rows, and the unfinished next one of a kill
+        part = Path(where) / "part-000000.parquet"
+        pq.write_table(pq.read_table(part).slice(0, 11), part)
+        (Path(where) / ".part-000001.parquet.tmp").write_bytes(b"PAR1 torn")
     elif name.startswith("sqlite"):
         with sqlite3.connect(where) as db:
             db.execute(f'DELETE FROM "{table}" WHERE "index" >= 11')
@@ -108,6 +113,9 @@ def test_a_folders_rows_carry_their_file_names_and_a_changed_folder_is_refused(
     rows = rows_of(out, "mnist")  # the table is named after the model
     assert [r["file"] for r in rows] == sorted(p.name for p in folder.iterdir())
     assert [r["outputs"]["label"] for r in rows] == [[0], [3], [4], [7], [9]]
+    parquet = tmp_path / "digits.parquet"
+    cinfer_batch("mnist", str(folder), "-o", str(parquet), "--repository", str(models))
+    assert rows_of(parquet) == rows
     with sqlite3.connect(out) as db:
         db.execute('DELETE FROM mnist WHERE "index" >= 2')
     (folder / "digit-0.png").rename(folder / "digit-z.png")  # now row 1 is digit-4.jpg
@@ -137,9 +145,19 @@ def test_an_output_that_is_not_this_inputs_is_left_alone(models: Path, tmp_path:
     result = cinfer_batch("identity", str(source), "-o", str(notes), "--repository",
                           str(models), code=2)  # fmt: skip
     assert "holds lines that are not cinfer batch rows" in result.stderr
-    result = cinfer_batch("identity", str(source), "-o", str(tmp_path / "out.parquet"),
+    result = cinfer_batch("identity", str(source), "-o", str(tmp_path / "out.xlsx"),
                           "--repository", str(models), code=2)  # fmt: skip
     assert "cannot tell its kind" in result.stderr
+    folder = tmp_path / "notes.parquet"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello\n")
+    result = cinfer_batch("identity", str(source), "-o", str(folder), "--repository",
+                          str(models), code=2)  # fmt: skip
+    assert "holds notes.txt, which is not a part cinfer batch wrote" in result.stderr
+    (tmp_path / "flat.parquet").write_bytes(b"PAR1")
+    result = cinfer_batch("identity", str(source), "-o", str(tmp_path / "flat.parquet"),
+                          "--repository", str(models), code=2)  # fmt: skip
+    assert "a Parquet output is a folder of parts, and this is a file" in result.stderr
 
 
 def test_an_output_another_run_holds_is_not_touched(
@@ -153,6 +171,12 @@ def test_an_output_another_run_holds_is_not_touched(
                               str(models), code=75)  # fmt: skip
     assert "is being written by another cinfer batch run" in result.stderr
     assert out.read_bytes() == b""
+    (tmp_path / "busy.parquet").mkdir()
+    with open(tmp_path / "busy.parquet" / ".lock", "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        cinfer_batch("identity", str(source), "-o", str(tmp_path / "busy.parquet"),
+                     "--repository", str(models), code=75)  # fmt: skip
+    assert [p.name for p in (tmp_path / "busy.parquet").iterdir()] == [".lock"]
     with open(tmp_path / "busy.db.scores.lock", "ab") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         cinfer_batch("identity", str(source), "-o", str(tmp_path / "busy.db"), "--table",

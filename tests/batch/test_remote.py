@@ -57,13 +57,15 @@ def test_a_run_on_a_server_gives_the_rows_a_run_in_process_gives(
         ("mnist", "photos", ["--classification", "2"], []),
     ]
     for i, (model, name, options, only) in enumerate(runs):
-        local, remote = tmp_path / f"local{i}.jsonl", tmp_path / f"remote{i}.jsonl"
+        # The server's run into Parquet (its types from the server's metadata), this one's
+        # into JSONL: the same rows.
+        local, remote = tmp_path / f"local{i}.jsonl", tmp_path / f"remote{i}.parquet"
         cinfer_batch(model, str(tmp_path / name), "-o", str(local), "--repository", str(models),
                      *options)  # fmt: skip
         cinfer_batch(model, str(tmp_path / name), "-o", str(remote), "--url", server,
                      "--concurrency", "3", *options, *only)  # fmt: skip
         assert rows_of(remote) == rows_of(local), (model, name, options, only)
-    assert "error" in rows_of(tmp_path / "remote3.jsonl")[-1]  # labels.txt is not an image
+    assert "error" in rows_of(tmp_path / "remote3.parquet")[-1]  # labels.txt is not an image
     after = stats(server, "identity")
     assert after["inference_count"] - before == 2 * 36 + 10  # the good rows, each once
     assert {b["batch_size"] for b in after["batch_stats"]} <= {1, 2, 3, 4}  # max_batch_size
