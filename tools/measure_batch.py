@@ -1,12 +1,14 @@
 """`cinfer batch` throughput on the peers' `mlp` model against onnxruntime's own limit
 (docs/performance.md, "cinfer batch (issue 15)").
 
-    .venv/bin/python tools/measure_batch.py [--rows 32768] [--rounds 5] [--postgres URL]
+    .venv/bin/python tools/measure_batch.py [--rows 131072] [--rounds 5] [--instances N]
+                                            [--postgres URL]
 
 Each round runs ../shared/peers/engine_limit.py (onnxruntime alone in a tight loop, 2
 intra-op threads; its `mlp batch=32` line is the limit) and then `cinfer batch mlp` in this
 process over a .npy of `--rows` rows of 1024 floats into each output kind, each a fresh
-output: JSONL, CSV, SQLite and, with `--postgres`, a PostgreSQL table. Rounds alternate
+output: Parquet, JSONL, CSV, SQLite and, with `--postgres`, a PostgreSQL table; with
+`--instances N` (default: the model's own, 1) the run's engine instances. Rounds alternate
 the two, so the machine's drift reaches both; the table gives each one's median and best
 (rows/s) and their ratio to the engine limit's. The models and the repository come from
 ../shared/peers/make_models.py under $PEERS_HOME (default /tmp/cinfer-peers), built when
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,11 +44,12 @@ def engine_limit() -> float:
     return float(found.group(1))
 
 
-def batch(rows: Path, output: str, table: list[str]) -> float:
+def batch(rows: Path, output: str, table: list[str], instances: int | None) -> float:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     result = subprocess.run(
         [sys.executable, "-m", "server", "batch", "mlp", str(rows), "--output", output, *table,
-         "--repository", str(PEERS / "repo-ours")],
+         "--repository", str(PEERS / "repo-ours"),
+         *(["--instances", str(instances)] if instances else [])],
         capture_output=True, text=True, env=env, cwd=PROJECT,
     )  # fmt: skip
     found = re.search(r"rows in \S+ \(([\d,]+) rows/s\)", result.stderr)
@@ -55,7 +59,8 @@ def batch(rows: Path, output: str, table: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32768)
+    parser.add_argument("--rows", type=int, default=131072)
+    parser.add_argument("--instances", type=int)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--postgres", metavar="URL", help="also a PostgreSQL table here")
     args = parser.parse_args()
@@ -64,7 +69,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cinfer-measure-batch-"))
     rows = work / "mlp.npy"
     np.save(rows, np.random.default_rng(0).random((args.rows, 1024), dtype=np.float32))
-    kinds = {"JSONL": "jsonl", "CSV": "csv", "SQLite": "db"}
+    kinds = {"Parquet": "parquet", "JSONL": "jsonl", "CSV": "csv", "SQLite": "db"}
     if args.postgres:
         kinds["PostgreSQL"] = "postgresql"
     figures: dict[str, list[float]] = {"engine limit": [], **{kind: [] for kind in kinds}}
@@ -74,9 +79,12 @@ def main() -> None:
         for kind, suffix in kinds.items():
             table = ["--table", f"mlp_{os.getpid()}_{number}"] if suffix == "postgresql" else []
             output = args.postgres if suffix == "postgresql" else str(work / f"{number}.{suffix}")
-            figures[kind].append(batch(rows, output, table))
+            figures[kind].append(batch(rows, output, table, args.instances))
             for leftover in work.glob(f"{number}.*"):
-                leftover.unlink()
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
         line = ", ".join(f"{name} {values[-1]:,.0f}" for name, values in figures.items())
         print(f"round {number} (load {load:.2f}): {line}", flush=True)
     limit = statistics.median(figures["engine limit"])
