@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ModelLoadError, NotFound
@@ -36,14 +36,7 @@ from .heap import Collector, give_back_freed_memory
 from .images import DEFAULT_MAX_PIXELS
 from .model_config import ModelConfig
 from .models import Model, ModelState, ModelVersion, load_version
-from .repository import (
-    Fingerprint,
-    ModelSource,
-    fingerprint,
-    is_model_name,
-    list_models,
-    read_model,
-)
+from .repository import Fingerprint, ModelSource, is_model_name, list_models, read_versions
 from .scheduler import Completions, InstancePool
 
 log = logging.getLogger("cinfer")
@@ -248,7 +241,7 @@ class Reconciler:
             model = self.models[name] = Model(name)
         started = time.perf_counter()
         try:
-            source, prints = await asyncio.to_thread(_read, self.root, name, self.instances)
+            source, prints = await asyncio.to_thread(read_versions, self.root, name, self.instances)
         except (ConfigError, OSError) as exc:
             return self._unreadable(model, str(exc), time.perf_counter() - started)
         model.reason = ""
@@ -485,17 +478,6 @@ def _close(pool: InstancePool) -> None:
     """Blocking: close a pool, then hand the memory its engine freed back to the OS."""
     pool.close()
     give_back_freed_memory()
-
-
-def _read(
-    root: Path, name: str, instances: int | None
-) -> tuple[ModelSource, dict[int, Fingerprint]]:
-    """Blocking: model.toml (with `instances` over its own), the selected versions and their
-    files' fingerprints."""
-    source = read_model(root, name)
-    if instances is not None:
-        source = replace(source, config=source.config.model_copy(update={"instances": instances}))
-    return source, {number: fingerprint(source, number) for number in source.versions}
 
 
 def _only_in_place(old: ModelConfig, new: ModelConfig) -> bool:

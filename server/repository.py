@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import configfile
@@ -121,3 +121,14 @@ def fingerprint(source: ModelSource, version: int) -> Fingerprint:
             if stat.S_ISREG(info.st_mode):
                 entries.append((str(relative), info.st_size, info.st_mtime_ns, info.st_ino))
     return tuple(entries)
+
+
+def read_versions(
+    root: Path, name: str, instances: int | None = None
+) -> tuple[ModelSource, dict[int, Fingerprint]]:
+    """Blocking: model.toml (with `instances` over its own, as `cinfer batch --instances`
+    asks), the versions it selects and their files' fingerprints."""
+    source = read_model(root, name)
+    if instances is not None:
+        source = replace(source, config=source.config.model_copy(update={"instances": instances}))
+    return source, {number: fingerprint(source, number) for number in source.versions}
