@@ -146,10 +146,14 @@ class Local:
                     parts = await asyncio.gather(*(self.infer(row) for row in piece.rows()))
                     return [answer for part in parts for answer in part]
                 return [Answer(piece, None, exc.message)]
-            error = split_error(response.outputs, piece, self._stacked)
+            outputs = response.outputs
+            wanted = response.request.output_names
+            if wanted is not None:  # a batch computes what any of its requests asked for
+                outputs = {name: outputs[name] for name in wanted if name in outputs}
+            error = split_error(outputs, piece, self._stacked)
             if error:
                 return [Answer(piece, None, error)]
-            return [Answer(piece, response.outputs, None, response.model_version, response.id)]
+            return [Answer(piece, outputs, None, response.model_version, response.id)]
         raise AssertionError("unreachable")
 
     def _request(self, piece: Piece) -> InferRequest:

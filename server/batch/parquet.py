@@ -192,6 +192,9 @@ def _table(schema: pa.Schema, answers: Sequence[Answer], stacked: bool) -> pa.Ta
         rows = count if split else 1
         errors.extend([None] * rows)
         for f in outputs:
+            if f.name not in answer.outputs:  # a JSONL request that asked for other outputs
+                chunks[f.name].append(pa.nulls(rows, f.type))
+                continue
             flat = np.asarray(answer.outputs[f.name]).reshape(-1)
             size = flat.size // rows
             if flat.size >= 2**31:

@@ -119,6 +119,18 @@ def test_jsonl_lines_are_requests_answered_in_order_with_the_refused_ones_in_pla
     line = orjson.loads(out.read_bytes())
     assert line["id"] == "x" and line["model_name"] == "add_sub"
     assert {o["name"]: o["data"] for o in line["outputs"]} == {"SUM": [11, 22], "DIFF": [-9, -18]}
+    # A request that asks for one output: into Parquet, the other one's column is null.
+    only = {"inputs": [a, b], "outputs": [{"name": "DIFF"}]}
+    (tmp_path / "one.jsonl").write_bytes(
+        orjson.dumps(only) + b"\n" + orjson.dumps({"inputs": [a, b]})
+    )
+    parquet = tmp_path / "add_sub.parquet"
+    cinfer_batch("add_sub", str(tmp_path / "one.jsonl"), "-o", str(parquet),
+                 "--repository", str(models))  # fmt: skip
+    assert pq.read_table(parquet).select(["SUM", "DIFF"]).to_pylist() == [
+        {"SUM": None, "DIFF": [-9, -18]},
+        {"SUM": [11, 22], "DIFF": [-9, -18]},
+    ]
 
 
 def test_a_folder_of_images_is_run_in_name_order_and_a_broken_file_is_its_row(
