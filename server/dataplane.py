@@ -28,6 +28,7 @@ from .reconciler import Reconciler
 from .repository import is_model_name
 from .scheduler import InstancePool
 from .settings import RepositoryMode
+from .sharedmemory import Regions
 from .watcher import Watcher
 
 log = logging.getLogger("cinfer")
@@ -40,6 +41,7 @@ EXTENSIONS = [
     "model_configuration",
     "model_repository",
     "statistics",
+    "system_shared_memory",
 ]
 
 #: Engine -> Triton's platform / backend names (clients key behaviour off "platform").
@@ -65,6 +67,8 @@ class DataPlane:
         """True once the start-up load has finished (failed models do not hold it back, nor
         do later reloads: Kubernetes must not pull a serving pod out of its Service)."""
         self.watcher: Watcher | None = None
+        self.regions = Regions()
+        """The clients' registered shared-memory regions (every door's)."""
         self._loaded: asyncio.Event | None = None
         self._startup: asyncio.Task[None] | None = None
 
@@ -113,6 +117,7 @@ class DataPlane:
                 await self._startup
         await self.reconciler.close()
         await asyncio.to_thread(decoding.shutdown)
+        self.regions.close()
 
     # -- server ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ that streams (gRPC streaming, SSE) consumes both through one code path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,6 +38,21 @@ class RequestedOutput:
     """Transport hint: answer this tensor as raw bytes where the door has such a form."""
     classification: int = 0
     """The classification extension: answer the top N classes as strings (0: the tensor)."""
+    place: OutputPlace | None = None
+    """Where the output's bytes go instead of the response (a shared-memory region)."""
+
+
+class OutputPlace(Protocol):
+    """A place outside the response for an output's bytes (sharedmemory.Placement)."""
+
+    @property
+    def region(self) -> str:
+        """The place's name, as the client gave it (a shared-memory region's)."""
+        ...
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write an output's bytes there; their size. A 400 when they do not fit."""
+        ...
 
 
 @dataclass(slots=True)

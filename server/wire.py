@@ -111,6 +111,21 @@ class RepositoryLoadRequest(Wire):
     parameters: dict[str, Any] | None = None
 
 
+class SharedMemoryRegister(Wire):
+    """Triton's system shared-memory registration: `byte_size` bytes at `offset` of the
+    POSIX shared-memory segment `key` (shm_open's name, e.g. ``/input0``)."""
+
+    key: str
+    offset: int = 0
+    byte_size: int
+
+
+class CUDASharedMemoryRegister(Wire):
+    raw_handle: dict[str, Any] | None = None
+    device_id: int = 0
+    byte_size: int = 0
+
+
 # -- answers ---------------------------------------------------------------------------------
 
 

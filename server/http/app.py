@@ -37,6 +37,7 @@ from .endpoints import Docs, Health, Inference, Metadata, Metrics, Repository
 from .infer import InferEndpoint
 from .models_admin import ModelAdmin
 from .routes import Found, RawEndpoint, RequestEndpoint, Route, RouteTable
+from .sharedmemory import SharedMemory
 
 log = logging.getLogger("cinfer")
 
@@ -89,6 +90,7 @@ def create_app(
         Inference(infer),
         *([jobs] if jobs is not None else []),
         Repository(dataplane, limit),
+        SharedMemory(dataplane.regions, limit),
         Docs(dataplane, current, tokens=guard is not None),
     ]
     if settings.metrics.enabled and not settings.metrics.port:

@@ -24,6 +24,7 @@ from ..classification import requested
 from ..datatypes import FROM_NUMPY, NUMPY, datatype_of
 from ..errors import InvalidRequest, PayloadTooLarge, Unsupported, show
 from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
+from ..sharedmemory import Placement, Region, Regions, locate
 from . import tensors
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -69,7 +70,10 @@ class Layout:
     @classmethod
     def of(cls, request: InferRequest, offsets: list[int | None], body_size: int) -> Layout | None:
         """The layout of a decoded request, or None when its inputs must be read per body
-        (JSON data, BYTES and BOOL, whose bytes are checked element by element)."""
+        (JSON data, BYTES and BOOL, whose bytes are checked element by element) or its
+        outputs go to shared memory (a region is looked up per request)."""
+        if request.outputs and any(o.place is not None for o in request.outputs):
+            return None
         tensors = []
         for tensor, offset in zip(request.inputs, offsets):
             array = tensor.array
@@ -111,12 +115,14 @@ class Layout:
 class Decoder:
     """Decodes infer bodies, remembering the layouts of recent binary headers (an LRU)."""
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, regions: Regions | None = None) -> None:
         self._layouts: LRUCache[bytes, Layout | None] = LRUCache(capacity)
+        self.regions = regions
+        """The server's shared-memory regions, for tensors that name one."""
 
     def decode(self, body: bytes, header_length: str | None) -> InferRequest:
         if header_length is None:
-            return decode_request(body, None)
+            return decode_request(body, None, self.regions)
         key = body[: header_size(header_length, len(body))]
         try:
             layout = self._layouts[key]
@@ -125,7 +131,7 @@ class Decoder:
         else:
             if layout is not None and layout.body_size == len(body):
                 return layout.decode(body)
-        request, offsets = decode_with_offsets(body, header_length)
+        request, offsets = decode_with_offsets(body, header_length, self.regions)
         self._layouts[key] = Layout.of(request, offsets, len(body))
         return request
 
@@ -180,13 +186,16 @@ def _bad(where: dict[str, Any], key: str, path: str, expected: str) -> InvalidRe
     return InvalidRequest(f"{path}: expected {expected}, got {show(where[key])}")
 
 
-def decode_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse an infer body, JSON or JSON header + binary tensors, into numpy arrays."""
-    return decode_with_offsets(body, header_length)[0]
+def decode_request(
+    body: bytes, header_length: str | None, regions: Regions | None = None
+) -> InferRequest:
+    """Parse an infer body, JSON or JSON header + binary tensors, into numpy arrays (the
+    tensors that name a shared-memory region read from `regions`)."""
+    return decode_with_offsets(body, header_length, regions)[0]
 
 
 def decode_with_offsets(
-    body: bytes, header_length: str | None
+    body: bytes, header_length: str | None, regions: Regions | None = None
 ) -> tuple[InferRequest, list[int | None]]:
     """`decode_request`, and where each binary input's bytes start in the body (None: JSON).
 
@@ -266,6 +275,7 @@ def decode_with_offsets(
             count *= dim
         params = raw.get("parameters")
         nbytes = None
+        shared: tuple[Region, int, int] | None = None
         if params is not None:
             if type(params) is not dict:
                 raise _bad(raw, "parameters", f"inputs[{index}].parameters", "a JSON object")
@@ -277,8 +287,20 @@ def decode_with_offsets(
                     f"inputs[{index}].parameters.binary_data_size",
                     "a non-negative integer",
                 )
+            if params.get("shared_memory_region") is not None:
+                shared = locate(regions, params, f"inputs[{index}]", f"input '{name}'")
         data = raw.get("data")
-        if nbytes is not None:
+        if shared is not None:
+            if data is not None or nbytes is not None:
+                raise InvalidRequest(
+                    f"input '{name}': give one of 'data', binary_data_size or shared_memory_region"
+                )
+            region, at, length = shared
+            blob = region.read(at, length, f"input '{name}'")
+            array = tensors.from_binary(name, datatype, shape, count, memoryview(blob))
+            inputs.append(InferInput(name, datatype, array))
+            offsets.append(None)
+        elif nbytes is not None:
             if data is not None:
                 raise InvalidRequest(
                     f"input '{name}': give either 'data' or binary_data_size, not both"
@@ -314,7 +336,7 @@ def decode_with_offsets(
             "(check binary_data_size)"
         )
     raw_outputs = header.get("outputs")
-    outputs = None if raw_outputs is None else _outputs(raw_outputs)
+    outputs = None if raw_outputs is None else _outputs(raw_outputs, regions)
     request = InferRequest(
         inputs, outputs, request_id, parameters, binary_output, model_name, model_version
     )
@@ -345,7 +367,7 @@ def _request_parameters(parameters: dict[str, Any]) -> bool:
     return binary
 
 
-def _outputs(raw: Any) -> list[RequestedOutput]:
+def _outputs(raw: Any, regions: Regions | None = None) -> list[RequestedOutput]:
     if type(raw) is not list:
         raise InvalidRequest(f"outputs: expected a list, got {show(raw)}")
     outputs = []
@@ -357,6 +379,7 @@ def _outputs(raw: Any) -> list[RequestedOutput]:
             raise _bad(item, "name", f"outputs[{index}].name", "a non-empty string")
         parameters = item.get("parameters")
         binary: Any = False
+        place = None
         if parameters is not None:
             if type(parameters) is not dict:
                 raise _bad(item, "parameters", f"outputs[{index}].parameters", "a JSON object")
@@ -371,9 +394,13 @@ def _outputs(raw: Any) -> list[RequestedOutput]:
                     "a boolean",
                 )
             classes = requested(parameters, name)
+            if parameters.get("shared_memory_region") is not None:
+                what = f"output '{name}'"
+                area, offset, size = locate(regions, parameters, f"outputs[{index}]", what)
+                place = Placement(area, offset, size, what)
         else:
             classes = 0
-        outputs.append(RequestedOutput(name, binary, classes))
+        outputs.append(RequestedOutput(name, binary, classes, place))
     return outputs
 
 
@@ -383,15 +410,28 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     results = response.outputs
     if request.outputs is None:
         binary = request.binary_output
-        wanted: Any = ((name, binary) for name in results)
+        wanted: Any = ((name, binary, None) for name in results)
     else:
-        wanted = ((o.name, o.binary) for o in request.outputs)
+        wanted = ((o.name, o.binary, o.place) for o in request.outputs)
     entries = []
     blobs: list[Any] = []
-    for name, binary in wanted:
+    for name, binary, place in wanted:
         array = results[name]
         datatype = FROM_NUMPY.get(array.dtype) or datatype_of(array)
-        if binary:
+        if place is not None:  # into the client's shared memory, not the body
+            written = place.write(tensors.to_binary(array, datatype))
+            entries.append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "parameters": {
+                        "shared_memory_region": place.region,
+                        "shared_memory_byte_size": written,
+                    },
+                }
+            )
+        elif binary:
             blob = tensors.to_binary(array, datatype)
             blobs.append(blob)
             entries.append(

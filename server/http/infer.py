@@ -46,7 +46,7 @@ class InferEndpoint:
     ) -> None:
         self.dataplane = dataplane
         self.limit = max_request_bytes
-        self.decoder = codec.Decoder()
+        self.decoder = codec.Decoder(regions=dataplane.regions)
         self.deferred = deferred
         """The jobs door, when it is on: it takes the requests that prefer to be answered
         asynchronously (RFC 7240 ``Prefer: respond-async``, as Cog and Replicate use it)."""

@@ -55,6 +55,9 @@ class Access(enum.Enum):
     JOBS = "jobs"
     """The async jobs' own routes (/v2/jobs...): `infer` or `admin`; the endpoints keep to
     the jobs the caller may see (its own; every one's on its models for `admin`)."""
+    SHARED_MEMORY = "shared-memory"
+    """The system shared-memory extension (/v2/systemsharedmemory...): the `infer`
+    permission, on any model (a region is only of use to infer with)."""
     ADMIN = "admin"
     """The repository and token APIs: the `admin` permission, and the model allowed when the
     path names one; the index and the token API keep to the caller's rights (auth/rights.py)."""
@@ -115,6 +118,8 @@ class Route:
             return None if public_metadata else Need(("read",), target)
         if access is Access.JOBS:
             return Need(("infer", "admin"), target)
+        if access is Access.SHARED_MEMORY:
+            return Need(("infer",), target)
         if access is Access.SERVER_WIDE:
             return None if public_metadata else Need(("read",), target, every_model=True)
         model, version = params.get("model"), params.get("version")

@@ -79,6 +79,7 @@ async def test_health_and_server_metadata(repository: Path) -> None:
             "model_configuration",
             "model_repository",
             "statistics",
+            "system_shared_memory",
         ]
 
 

@@ -178,3 +178,22 @@ def test_a_reader_limited_to_a_model_sees_only_that_model(
         assert metrics.status_code == 403
         assert "needs a token without model limits" in metrics.json()["error"]
         assert 'model="digits"' in root("GET", "/metrics").text
+
+
+def test_only_an_infer_token_may_register_shared_memory(
+    repo: Path,
+    env: dict[str, str],  # noqa: F811
+) -> None:
+    reader = create(env, "--name", "reader", "--scope", "read")
+    caller = create(env, "--name", "caller", "--scope", "infer", "--models", "iris")
+    register = {"key": "/cinfer-no-such-segment", "byte_size": 8}
+    path = "/v2/systemsharedmemory/region/r/register"
+    with live_server(repo, env=env) as (url, _), As(url, reader) as read, As(url, caller) as infer:
+        assert httpx.post(f"{url}{path}", json=register).status_code == 401
+        refused = read("POST", path, register)
+        assert refused.status_code == 403 and "infer" in refused.json()["error"]
+        assert read("GET", "/v2/systemsharedmemory/status").status_code == 403
+        # An infer token gets as far as the segment, which does not exist.
+        answer = infer("POST", path, register)
+        assert answer.status_code == 400 and "no shared memory segment" in answer.json()["error"]
+        assert infer("GET", "/v2/systemsharedmemory/status").json() == []
