@@ -191,54 +191,61 @@ def unpack(value: bytes) -> dict[str, np.ndarray]:
 
 class LocalStore:
     """A least-recently-used map of entries, bounded in bytes (keys, answers and a fixed
-    overhead each); an answer larger than the whole cache is not kept."""
+    overhead each); an answer larger than the whole cache is not kept.
+
+    The map holds bytes only (key -> answer): bytes are no containers for the garbage
+    collector, so a million entries add nothing to its collections (a tuple per entry
+    holding the version's counters did, and cost every request of a miss-heavy load)."""
 
     def __init__(self, size_bytes: int) -> None:
         self.limit = size_bytes
         self.used = 0
-        self._entries: OrderedDict[bytes, tuple[bytes, CacheStats, int]] = OrderedDict()
-        self._spaces: dict[bytes, set[bytes]] = {}
+        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self._spaces: dict[bytes, tuple[CacheStats, set[bytes]]] = {}
+        """Namespace -> its version's counters and keys."""
 
     async def get(self, key: bytes, stats: CacheStats) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
 
     def put(self, key: bytes, value: bytes, stats: CacheStats) -> None:
         size = len(key) + len(value) + ENTRY_OVERHEAD
         if size > self.limit:
             return
-        if key in self._entries:
-            self._drop(key)
         entries = self._entries
+        if key in entries:
+            self._drop(key)
         while self.used + size > self.limit:
-            old = next(iter(entries))
-            self._drop(old)[1].evictions += 1
-        entries[key] = (value, stats, size)
-        self._spaces.setdefault(key.partition(b":")[0], set()).add(key)
+            self._drop(next(iter(entries))).evictions += 1
+        entries[key] = value
+        space = key.partition(b":")[0]
+        held = self._spaces.get(space)
+        if held is None:
+            held = self._spaces[space] = (stats, set())
+        held[1].add(key)
         self.used += size
         stats.entries += 1
         stats.bytes += size
         stats.stored_bytes += len(value)
 
-    def _drop(self, key: bytes) -> tuple[bytes, CacheStats, int]:
-        entry = self._entries.pop(key)
-        _, stats, size = entry
+    def _drop(self, key: bytes) -> CacheStats:
+        """Remove one entry; the counters of the version it belonged to."""
+        size = len(key) + len(self._entries.pop(key)) + ENTRY_OVERHEAD
+        space = key.partition(b":")[0]
+        stats, keys = self._spaces[space]
+        keys.discard(key)
+        if not keys:
+            del self._spaces[space]
         self.used -= size
         stats.entries -= 1
         stats.bytes -= size
-        space = key.partition(b":")[0]
-        keys = self._spaces.get(space)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._spaces[space]
-        return entry
+        return stats
 
     def forget(self, namespace: bytes) -> None:
-        for key in list(self._spaces.get(namespace, ())):
+        held = self._spaces.get(namespace)
+        for key in list(held[1]) if held is not None else ():
             self._drop(key)
 
     async def close(self) -> None:
