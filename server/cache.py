@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import orjson
+from cachetools import LRUCache
 
 from .counters import CacheStats
 from .datatypes import FROM_NUMPY, NUMPY
@@ -69,6 +70,9 @@ class ResponseCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._spaces: weakref.WeakKeyDictionary[ModelVersion, bytes] = weakref.WeakKeyDictionary()
+        self._described: LRUCache[object, bytes] = LRUCache(256)
+        """Request signature (a binary header layout, codec.py) -> its inputs' names,
+        datatypes and shapes and its outputs, as hashed: described once per layout."""
 
     @classmethod
     def of(cls, settings: CacheSettings) -> ResponseCache | None:
@@ -101,10 +105,8 @@ class ResponseCache:
         not bytes)."""
         digest = blake2b(digest_size=20)
         update = digest.update
-        meta: list[Any] = []
         for tensor in request.inputs:
             array = tensor.array
-            meta.append((tensor.name, tensor.datatype, array.shape))
             if array.dtype.kind == "O":
                 for item in array.flat:
                     if type(item) is not bytes:
@@ -114,11 +116,18 @@ class ResponseCache:
             else:
                 # A view of the array's bytes (a copy only when it is not contiguous).
                 update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
-        if request.outputs is None:
-            meta.append(("*", request.binary_output))
-        else:
-            meta.extend((o.name, o.binary, o.classification) for o in request.outputs)
-        update(repr(meta).encode())
+        signature = request.signature  # the same names, datatypes, shapes and outputs
+        described = self._described.get(signature) if signature is not None else None
+        if described is None:
+            meta: list[Any] = [(t.name, t.datatype, t.array.shape) for t in request.inputs]
+            if request.outputs is None:
+                meta.append(("*", request.binary_output))
+            else:
+                meta.extend((o.name, o.binary, o.classification) for o in request.outputs)
+            described = repr(meta).encode()
+            if signature is not None:
+                self._described[signature] = described
+        update(described)
         return self.namespace(found) + b":" + digest.hexdigest().encode()
 
     async def get(self, found: ModelVersion, key: bytes) -> dict[str, np.ndarray] | None:
