@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-c", "--connections", type=int, default=32)
+    parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     args = parser.parse_args()
     if shutil.which("wrk") is None or not (PEERS / "repo-ours" / "tiny").is_dir():
         sys.exit("needs wrk and the peers' tiny model: run ../shared/peers/compare.sh once")
@@ -109,34 +110,34 @@ def main() -> None:
                 time.sleep(0.1)
             for model, script in LOADS.values():  # warm-up: one second each
                 wrk(f"{base}/v2/models/{model}/infer", script, args.connections, 1)
-            results: dict[str, list[float]] = {name: [] for name in LOADS}
-            cpu: dict[str, list[float]] = {name: [] for name in LOADS}
+            loads = {name: LOADS[name] for name in args.loads.split(",")}
+            results: dict[str, list[float]] = {name: [] for name in loads}
+            cpu: dict[str, list[float]] = {name: [] for name in loads}
             for round_ in range(args.rounds):
-                for name, (model, script) in LOADS.items():
+                for name, (model, script) in loads.items():
                     url = f"{base}/v2/models/{model}/infer"
                     before = cpu_seconds(server.pid)
                     rps = wrk(url, script, args.connections, args.seconds)
                     used = cpu_seconds(server.pid) - before
                     results[name].append(rps)
-                    cpu[name].append(used / (rps * args.seconds) * 1e6)
-                print(
-                    f"round {round_ + 1}: "
-                    + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in results.items())
+                    cpu[name].append(used / max(rps * args.seconds, 1) * 1e6)
+                line = ", ".join(
+                    f"{n} {v[-1]:,.0f} ({cpu[n][-1]:.0f} us)" for n, v in results.items()
                 )
+                print(f"round {round_ + 1}: {line}", flush=True)
             medians = {name: statistics.median(values) for name, values in results.items()}
+            ratios = [
+                (a, b) for a, b in (("hit", "uncached"), ("miss", "off")) if {a, b} <= set(loads)
+            ]
+            heads = [*loads, *(f"{a} / {b}" for a, b in ratios)]
+            print(f"\n| tiny binary c={args.connections} | " + " | ".join(heads) + " |")
+            print("| --- " * (len(heads) + 1) + "|")
+            cells = [f"{medians[n]:,.0f}, {statistics.median(cpu[n]):.0f} us" for n in loads]
+            cells += [f"**{medians[a] / medians[b]:.2f}**" for a, b in ratios]
             print(
-                f"\n| tiny binary c={args.connections} | "
-                + " | ".join(LOADS)
-                + " | hit / uncached | miss / off |"
-            )
-            print("| --- " * (len(LOADS) + 3) + "|")
-            cells = " | ".join(
-                f"{medians[n]:,.0f}, {statistics.median(cpu[n]):.0f} us" for n in LOADS
-            )
-            print(
-                f"| median of {args.rounds} rounds: infer/s, server CPU per request | {cells} | "
-                f"**{medians['hit'] / medians['uncached']:.2f}** | "
-                f"**{medians['miss'] / medians['off']:.2f}** |"
+                f"| median of {args.rounds}: infer/s, server CPU per request | "
+                + " | ".join(cells)
+                + " |"
             )
         finally:
             server.terminate()
