@@ -120,6 +120,8 @@ class DataPlane:
             self._startup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._startup
+        if self.cache is not None:  # shutting down retires every version: keep Redis' entries
+            self.reconciler.retired.remove(self.cache.forget)
         await self.reconciler.close()
         if self.cache is not None:
             await self.cache.close()

@@ -303,6 +303,13 @@ def test_redis_is_shared_by_two_servers(
         assert metrics(one)[("cinfer_cache_stored_bytes", "dense")] > 0
         first.close()
         second.close()
+    # Both stopped (their shutdown retired every version): Redis kept the answer for the next.
+    with live_server(root, env=env) as (three, _):
+        third = httpclient.InferenceServerClient(three.removeprefix("http://"))
+        again = infer(third, "dense", data)
+        assert cache_counts(third, "dense") == (1, 0)
+        assert np.array_equal(again.as_numpy("OUTPUT0"), answer.as_numpy("OUTPUT0"))
+        third.close()
 
 
 def test_redis_killed_under_load_fails_no_request(
