@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -362,3 +364,41 @@ def test_redis_killed_under_load_fails_no_request(
         assert not errors, errors
         log = server_log(root)
         assert log.count("response cache: Redis at") == 1, log
+
+
+def test_a_stalled_redis_times_out_and_the_engines_answer(
+    tmp_path: Path, redis_server: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url_redis, proc = redis_server
+    root = repository(tmp_path / "repository")
+    env = {"CINFER_CACHE__REDIS_URL": url_redis, "CINFER_CACHE__REDIS_TIMEOUT_MS": "50"}
+    with live_server(root, env=env) as (url, _):
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        data = rows(11)
+        expected = infer(client, "dense", data).as_numpy("OUTPUT0")
+        wait_until(
+            lambda: infer(client, "dense", data) and cache_counts(client, "dense")[0] >= 1,
+            "a hit from Redis",
+        )
+        proc.send_signal(signal.SIGSTOP)  # Redis takes connections' bytes and answers nothing
+        try:
+            for seed in range(20):
+                started = time.monotonic()
+                answer = infer(client, "dense", rows(200 + seed))
+                assert time.monotonic() - started < 1.0  # one 50 ms timeout at most
+                assert answer.as_numpy("OUTPUT0").shape == (1, 16)
+            assert np.array_equal(infer(client, "dense", data).as_numpy("OUTPUT0"), expected)
+            assert metrics(url)[("cinfer_cache_errors", "dense")] >= 1
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        # Redis answers again: the cache is used again, and that is said once.
+        wait_until(
+            lambda: (
+                "response cache: Redis at" in server_log(root)
+                and "answers again" in (infer(client, "dense", data) and server_log(root))
+            ),
+            "the cache to come back",
+        )
+        log = server_log(root)
+        assert log.count("failed (") == 1 and log.count("answers again") == 1, log
+        client.close()
