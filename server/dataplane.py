@@ -277,11 +277,13 @@ class DataPlane:
                     answer = encode(response)
                     requests.succeeded(time.perf_counter_ns() - start)
                     return answer
+                if key is not None:  # a miss is counted when it is found to be one
+                    found.cache.misses += 1
+                    found.cache.miss_ns += time.perf_counter_ns() - looked
                 again, pool = self.serving(model, version)
                 if again is not found:  # reloaded while Redis was asked: the new one answers
                     found, requests, key = again, again.requests, None
                     arrays, outputs, rows = found.check(request)
-                looked = time.perf_counter_ns() - looked
             if found.images is not None:  # files in, the model's tensors out (images.py)
                 arrays = await found.images.tensors(arrays)
             decoded = time.perf_counter_ns()
@@ -291,11 +293,10 @@ class DataPlane:
             unexpected = "OTHER"
             if request.outputs is not None and any(o.classification for o in request.outputs):
                 results = _classified(found, request, results, rows)
-            if key is not None:
+            if key is not None:  # only a successful answer is kept
                 stored = time.perf_counter_ns()
                 self.cache.put(found, key, results)  # type: ignore[union-attr]
-                found.cache.misses += 1
-                found.cache.miss_ns += looked + time.perf_counter_ns() - stored
+                found.cache.miss_ns += time.perf_counter_ns() - stored
             answer = encode(InferResponse(found.name, str(found.version), results, request, rows))
         except CinferError as exc:
             requests.failed(failure_reason(exc), time.perf_counter_ns() - start)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from tests import onnx_models
 from tests.live import free_port, live_server, server_log, wait_until
@@ -167,6 +168,21 @@ def test_what_differs_never_hits(client: httpclient.InferenceServerClient) -> No
     )
     pair("SUM")
     assert cache_counts(client, "pair") == (1, 3)
+
+
+def test_only_successful_answers_are_kept(client: httpclient.InferenceServerClient) -> None:
+    data = rows(12)
+    wanted = [httpclient.InferRequestedOutput("OUTPUT0", class_count=17)]  # of 16 classes
+    hits, misses = cache_counts(client, "dense")
+    for _ in range(2):
+        with pytest.raises(InferenceServerException, match="17 asks for more classes"):
+            infer(client, "dense", data, outputs=wanted)
+    assert cache_counts(client, "dense") == (hits, misses + 2)  # looked up, never stored
+    bad = httpclient.InferInput("INPUT0", [1, 15], "FP32")  # refused before any lookup
+    bad.set_data_from_numpy(data[:, :15])
+    with pytest.raises(InferenceServerException, match="does not fit"):
+        client.infer("dense", [bad])
+    assert cache_counts(client, "dense") == (hits, misses + 2)
 
 
 def test_a_model_without_cache_is_not_cached(
