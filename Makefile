@@ -30,14 +30,17 @@ test: install test-system lint typecheck
 	$(PY) -m pytest
 
 # System packages the tests drive: chromium, for /docs in a real browser
-# (tests/live/test_docs_browser.py, through Playwright), and PostgreSQL, a throwaway cluster
-# that `cinfer batch` writes its tables to (tests/batch/). Debian keeps initdb off the PATH.
-# CI runs as root.
+# (tests/live/test_docs_browser.py, through Playwright), PostgreSQL, a throwaway cluster
+# that `cinfer batch` writes its tables to (tests/batch/), and redis-server, the shared
+# response cache the tests start on a free port (tests/live/test_cache.py). Debian keeps
+# initdb off the PATH. CI runs as root.
 test-system:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 lint: install
 	$(VENV)/bin/ruff check server tests tools

@@ -111,6 +111,30 @@ class RequestStats:
 
 
 @dataclass
+class CacheStats:
+    """The response cache's work for one version (cache.py), counted on the event loop.
+
+    As in Triton's statistics, a hit's time is looking the answer up and reading it out, a
+    miss's is looking up and storing; neither counts the engine, which a hit never reaches.
+    """
+
+    hits: int = 0
+    hit_ns: int = 0
+    misses: int = 0
+    miss_ns: int = 0
+    evictions: int = 0
+    """Entries the local cache dropped to stay within its size."""
+    entries: int = 0
+    bytes: int = 0
+    """Held in the local cache now (keys and answers)."""
+    stored_bytes: int = 0
+    """Answers stored, in total (the local cache or Redis)."""
+    errors: int = 0
+    """Lookups and stores that failed (Redis down or slow); those requests were served by the
+    engines as if the cache were off."""
+
+
+@dataclass
 class BatchStats:
     """Executions of one batch size (Triton's batch_stats)."""
 

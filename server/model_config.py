@@ -7,6 +7,7 @@ device = "cpu"               # cpu | cuda | cuda:N | auto | an OpenVINO device n
 [[inputs]] / [[outputs]]     # optional for engines that can read them from the file
 [batching]                   # present = dynamic batching on
 [version_policy]             # latest = N | all = true | specific = [..]
+[cache]                      # enabled = true: the same request answered from the cache
 [parameters]                 # engine options
 """
 
@@ -139,6 +140,13 @@ class ImageInput(Strict):
         return (height, width, self.channels)
 
 
+class Cache(Strict):
+    """``[cache]``: answers of this model are kept and served again to the same request
+    (docs/cache.md). Where they are kept is the server's ``[cache]`` in config.toml."""
+
+    enabled: bool = False
+
+
 LABELS_FILE = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 ParameterValue = str | int | float | bool
@@ -173,6 +181,8 @@ class ModelConfig(Strict):
     labels: dict[str, str] = {}
     """Output name -> a labels file in the model folder, one label per class (the
     classification extension: docs/images.md)."""
+    cache: Cache = Cache()
+    """The response cache: a request answered before is answered again without the engine."""
 
     @field_validator("device")
     @classmethod

@@ -19,7 +19,7 @@ from cachetools import LRUCache
 
 from . import affinity, decoding, signature
 from .classification import read_labels
-from .counters import InstanceStats, RequestStats
+from .counters import CacheStats, InstanceStats, RequestStats
 from .datatypes import NUMPY
 from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable, show
@@ -59,6 +59,8 @@ class ModelVersion:
     load_seconds: float = 0.0
     requests: RequestStats = field(default_factory=RequestStats)
     """Request outcomes, counted on the event loop."""
+    cache: CacheStats = field(default_factory=CacheStats)
+    """The response cache's hits, misses and entries for this version (cache.py)."""
     instance_stats: list[InstanceStats] = field(default_factory=list)
     """The pool's per-instance counters (kept after unload, for the statistics)."""
     declared: ModelConfig | None = None

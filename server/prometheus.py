@@ -101,6 +101,35 @@ FAMILIES = (
     BATCH := Family("cinfer_batch_size", "histogram", "Rows per model execution"),
     STATE := Family("cinfer_model_state", "gauge", "1 for the state each version is in"),
     INSTANCES := Family("cinfer_model_instances", "gauge", "Engine instances loaded"),
+    # The response cache (cache.py), for the versions that enable it: Triton's names for
+    # hits, misses and their durations, ours for the rest.
+    CACHE_HITS := Family("nv_cache_num_hits_per_model", "counter", "Response cache hits"),
+    CACHE_MISSES := Family("nv_cache_num_misses_per_model", "counter", "Response cache misses"),
+    CACHE_HIT_US := Family(
+        "nv_cache_hit_duration_per_model",
+        "counter",
+        "Cumulative time to look up and read out cache hits, microseconds",
+    ),
+    CACHE_MISS_US := Family(
+        "nv_cache_miss_duration_per_model",
+        "counter",
+        "Cumulative time to look up and store cache misses, microseconds",
+    ),
+    CACHE_EVICTIONS := Family(
+        "cinfer_cache_evictions", "counter", "Entries the local response cache dropped for room"
+    ),
+    CACHE_BYTES := Family(
+        "cinfer_cache_bytes", "gauge", "Bytes the version's entries take in the local cache"
+    ),
+    CACHE_ENTRIES := Family("cinfer_cache_entries", "gauge", "The version's local cache entries"),
+    CACHE_STORED := Family(
+        "cinfer_cache_stored_bytes", "counter", "Bytes of answers stored in the cache"
+    ),
+    CACHE_ERRORS := Family(
+        "cinfer_cache_errors",
+        "counter",
+        "Cache lookups and stores that failed (Redis down or slow); the engines answered",
+    ),
 )
 _INDEX = {family: i for i, family in enumerate(FAMILIES)}
 
@@ -253,6 +282,17 @@ class Exposition:
         state = version.state.value
         lines[_INDEX[STATE]].append(f'{STATE.name}{{{model},state="{state}",{number}}} 1\n')
         add(INSTANCES, pool.instances if pool is not None else 0)
+        if version.config.cache.enabled:
+            cache = version.cache
+            add(CACHE_HITS, cache.hits)
+            add(CACHE_MISSES, cache.misses)
+            add(CACHE_HIT_US, cache.hit_ns // 1000)
+            add(CACHE_MISS_US, cache.miss_ns // 1000)
+            add(CACHE_EVICTIONS, cache.evictions)
+            add(CACHE_BYTES, cache.bytes)
+            add(CACHE_ENTRIES, cache.entries)
+            add(CACHE_STORED, cache.stored_bytes)
+            add(CACHE_ERRORS, cache.errors)
 
 
 class MetricsPort:

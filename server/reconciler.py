@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class Reconciler:
         self._completions: Completions | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self.retired: list[Callable[[ModelVersion], None]] = []  # told of each retired version
         self._unloaded: dict[str, float] = {}
         """Models unloaded through the API -> loop time of the unload (they stay unloaded
         until their folder changes after that, or load is called)."""
@@ -406,14 +408,8 @@ class Reconciler:
             if version.ready
             else version.reason
         )
-        log_state(
-            model.name,
-            number,
-            ModelState.LOADING,
-            version.state,
-            time.perf_counter() - started,
-            detail,
-        )
+        took = time.perf_counter() - started
+        log_state(model.name, number, ModelState.LOADING, version.state, took, detail)
         return version
 
     def _remove(self, name: str, reason: str) -> None:
@@ -425,6 +421,8 @@ class Reconciler:
             version.state = ModelState.UNAVAILABLE
 
     def _retire(self, version: ModelVersion, reason: str) -> None:
+        for forget in self.retired:
+            forget(version)
         if version.pool is None:
             version.state = ModelState.UNAVAILABLE
             return
@@ -450,13 +448,9 @@ class Reconciler:
         version.state = ModelState.UNAVAILABLE
         version.reason = "unloaded"
         log_state(
-            version.name,
-            version.version,
-            ModelState.UNLOADING,
-            ModelState.UNAVAILABLE,
-            time.perf_counter() - started,
-            f"unloaded, engines closed ({reason})",
-        )
+            version.name, version.version, ModelState.UNLOADING, ModelState.UNAVAILABLE,
+            time.perf_counter() - started, f"unloaded, engines closed ({reason})",
+        )  # fmt: skip
         self._heap_changed()
 
     def _heap_changed(self) -> None:

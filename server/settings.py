@@ -218,6 +218,22 @@ class JobsSettings(Section):
         return self
 
 
+class CacheSettings(Section):
+    """The response cache of the models whose model.toml has ``[cache] enabled = true``
+    (docs/cache.md): a local LRU of `size_bytes`, or Redis at `redis_url`, shared by
+    replicas."""
+
+    size_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    """The local cache's size (keys and answers); the least recently used entries go first.
+    0: no local cache."""
+    redis_url: str = Field("", pattern=r"^(|rediss?://.+|unix://.+)$")
+    """``redis://host:6379/0``: keep answers in Redis instead (the local cache is then off)."""
+    redis_timeout_ms: float = Field(50.0, gt=0)
+    """A Redis lookup or store taking longer fails: the request is served by the engines."""
+    redis_ttl_s: int = Field(3600, ge=0)
+    """How long Redis keeps an answer; 0: until Redis evicts it (its maxmemory policy)."""
+
+
 class Settings(Section):
     """Every setting. Building one reads nothing: `load()` layers the file, the environment
     and the flags over these defaults."""
@@ -228,6 +244,7 @@ class Settings(Section):
     auth: AuthSettings = AuthSettings()
     console: ConsoleSettings = ConsoleSettings()
     jobs: JobsSettings = JobsSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,14 @@ def statistics(version: ModelVersion) -> dict[str, Any]:
 
     compute_input includes decoding and checking the request, compute_output encoding the
     answer (Triton's meaning of them, which perf_analyzer reports as the server's input and
-    output handling); batch_stats hold the scheduler's part only, per execution.
+    output handling); batch_stats hold the scheduler's part only, per execution. Answers
+    from the response cache count in success and cache_hit only, as Triton counts them.
     """
     totals = sum_instances(version.instance_stats)
     requests = version.requests
     times = durations(requests, totals)
     executed = times.requests
+    cache = version.cache
     return {
         "name": version.name,
         "version": str(version.version),
@@ -47,8 +49,8 @@ def statistics(version: ModelVersion) -> dict[str, Any]:
             "compute_input": _duration(executed, times.compute_input_ns),
             "compute_infer": _duration(executed, times.compute_infer_ns),
             "compute_output": _duration(executed, times.compute_output_ns),
-            "cache_hit": _duration(0, 0),
-            "cache_miss": _duration(0, 0),
+            "cache_hit": _duration(cache.hits, cache.hit_ns),
+            "cache_miss": _duration(cache.misses, cache.miss_ns),
         },
         "batch_stats": [
             {

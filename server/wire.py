@@ -219,6 +219,7 @@ class ModelConfigAnswer(TypedDict):
     default_model_filename: str
     parameters: dict[str, dict[str, str]]
     model_transaction_policy: dict[str, bool]
+    response_cache: dict[str, bool]
     description: NotRequired[str]
     dynamic_batching: NotRequired[DynamicBatching]
 

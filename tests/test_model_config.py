@@ -97,6 +97,14 @@ def test_batching_defaults() -> None:
             r"model.toml line 3: \[batching\] max_queue_delay: unknown key",
         ),
         (
+            'engine = "onnxruntime"\n\n[cache]\nenable = true\n',
+            r"model.toml line 4: \[cache\] enable: unknown key",
+        ),
+        (
+            'engine = "onnxruntime"\n[cache]\nenabled = "maybe"\n',
+            r"model.toml line 3: \[cache\] enabled: Input should be a valid boolean",
+        ),
+        (
             'engine = "onnxruntime"\ninstances = "two"\n',
             r"model.toml line 2: instances: Input should be a valid integer.*'two'",
         ),

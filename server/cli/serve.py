@@ -96,6 +96,7 @@ def run(settings: Settings) -> int:
 
     from ..auth.guard import Guard
     from ..auth.store import Database
+    from ..cache import ResponseCache
     from ..dataplane import DataPlane
     from ..heap import Collector
     from ..http.app import create_app
@@ -147,7 +148,8 @@ def run(settings: Settings) -> int:
         heap = Collector()  # the collector tuned for a server's heap (heap.py)
         heap.install()
         reconciler = Reconciler(root, core, heap, settings.server.max_image_pixels)
-        dataplane = DataPlane(reconciler, repository.mode, repository.settle_ms)
+        cache = ResponseCache.of(settings.cache)  # for the models that enable it
+        dataplane = DataPlane(reconciler, repository.mode, repository.settle_ms, cache)
         app = create_app(settings, dataplane, guard)
         log.info(
             "cinfer %s serving %s (%s mode) on http://%s",

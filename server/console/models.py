@@ -65,6 +65,18 @@ def version_row(name: str, version: ModelVersion) -> Row:
     )
 
 
+def cache_line(version: ModelVersion) -> str:
+    """The response cache's hit rate for a version's page ([cache] enabled in model.toml)."""
+    cache = version.cache
+    looked = cache.hits + cache.misses
+    if not looked:
+        return "on, no lookup yet"
+    rate = f"{100 * cache.hits / looked:.1f}% hit rate ({cache.hits} of {looked} lookups)"
+    held = f", {cache.entries} entries, {cache.bytes / 1024:.1f} KiB" if cache.entries else ""
+    failed = f", {cache.errors} failed (served by the engine)" if cache.errors else ""
+    return rate + held + failed
+
+
 def model_rows(name: str, model: Model) -> list[Row]:
     versions = [*model.versions.values(), *model.loading.values()]
     if not versions:  # model.toml unreadable, or no version folder
@@ -153,6 +165,7 @@ class ModelPages:
                     "p50_ms": quantile(version.requests.latency.counts, 0.5),
                     "batches": batches,
                     "executions": totals.executions,
+                    "cache": cache_line(version) if version.config.cache.enabled else None,
                     "inputs": version.config.inputs or (),
                     "outputs": version.config.outputs or (),
                 }

@@ -11,6 +11,7 @@ import httpx
 
 from server.auth.guard import Guard
 from server.auth.store import Database
+from server.cache import ResponseCache
 from server.dataplane import DataPlane
 from server.http.app import create_app
 from server.reconciler import Reconciler
@@ -33,9 +34,15 @@ def repository(root: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def console_app(
-    root: Path, *, tokens: bool = False, proxies: tuple[str, ...] = (), **console: float
+    root: Path,
+    *,
+    tokens: bool = False,
+    proxies: tuple[str, ...] = (),
+    cache: ResponseCache | None = None,
+    **console: float,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
-    """The server in process with the console on (and API tokens when `tokens`)."""
+    """The server in process with the console on (and API tokens when `tokens`, the
+    response cache when given)."""
     settings = Settings(
         auth=AuthSettings(
             enabled=tokens, database=root / "data" / "cinfer.db", trusted_proxies=list(proxies)
@@ -43,7 +50,7 @@ async def console_app(
         console=ConsoleSettings(enabled=True, **console),
     )
     models = repository(root)
-    dataplane = DataPlane(Reconciler(models), "startup", 50)
+    dataplane = DataPlane(Reconciler(models), "startup", 50, cache)
     guard = Guard(Database(settings.auth.database), settings.auth) if tokens else None
     app = create_app(settings, dataplane, guard)
     async with app.running():
