@@ -418,3 +418,29 @@ def test_a_stalled_redis_times_out_and_the_engines_answer(
         log = server_log(root)
         assert log.count("failed (") == 1 and log.count("answers again") == 1, log
         client.close()
+
+
+def test_a_hit_writes_its_outputs_into_the_shared_memory_region_asked_for(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    import tritonclient.utils.shared_memory as shm
+
+    data = rows(7)
+    # tritonclient drops binary_data from an output it puts in shared memory: the request
+    # that stores the entry asks for it as JSON too.
+    asked = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)]
+    expected = infer(client, "dense", data, outputs=asked).as_numpy("OUTPUT0")  # stored
+    handle = shm.create_shared_memory_region("cache-out", f"/cinfer-cache-{id(client)}", 64)
+    try:
+        client.register_system_shared_memory("cache-out", f"/cinfer-cache-{id(client)}", 64)
+        hits = cache_counts(client, "dense")[0]
+        wanted = httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)
+        wanted.set_shared_memory("cache-out", 64)
+        answer = infer(client, "dense", data, outputs=[wanted]).get_output("OUTPUT0")
+        assert answer["parameters"]["shared_memory_region"] == "cache-out"
+        assert cache_counts(client, "dense")[0] == hits + 1  # answered from the cache
+        got = shm.get_contents_as_numpy(handle, np.float32, [1, 16])
+        np.testing.assert_array_equal(got, expected)
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(handle)
