@@ -43,9 +43,15 @@ CONTENTS = {
 }
 _FIELDS = tuple(dict.fromkeys(CONTENTS.values()))
 #: Each field's values as numpy reads them before narrowing to the input's datatype.
-_WIDE = {"bool_contents": np.bool_, "int_contents": np.int64, "int64_contents": np.int64,
-         "uint_contents": np.uint64, "uint64_contents": np.uint64,
-         "fp32_contents": np.float32, "fp64_contents": np.float64}  # fmt: skip
+_WIDE: dict[str, Any] = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int64,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint64,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
 _SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
 
 
@@ -144,7 +150,7 @@ def _typed(name: str, datatype: str, shape: list[int], count: int, contents: Any
         array[:] = list(values)
     else:
         dtype = NUMPY[datatype]
-        wide = np.array(values, dtype=_WIDE[field])
+        wide: np.ndarray = np.array(values, dtype=_WIDE[field])
         if dtype.kind in "iu" and wide.size:
             info = np.iinfo(dtype)
             if wide.min() < info.min or wide.max() > info.max:
