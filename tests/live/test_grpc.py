@@ -179,3 +179,27 @@ def test_graceful_shutdown_drains_calls_in_flight(tmp_path: Path) -> None:
         assert answer.outputs[0].name == "OUTPUT0"
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
         assert "Traceback" not in server_log(root)
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "tools/bench.py", "-i", "grpc", "-p", "300", "--max-trials", "3", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_bench_measures_over_grpc(served: tuple[str, str]) -> None:
+    address, url = served
+    before = httpx.get(f"{url}/v2/models/digits/stats").json()["model_stats"][0]
+    done = bench("-m", "digits", "-u", address, "--concurrency-range", "1:4:3", "-b", "2")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["1", "4"]
+    assert "raw ModelInfer requests" in done.stderr and "image FP32 [2, 64]" in done.stderr
+    after = httpx.get(f"{url}/v2/models/digits/stats").json()["model_stats"][0]
+    sent = int(done.stderr.split("sent ")[1].split(" requests")[0].replace(",", ""))
+    # every request the bench counted reached the server (and the probe's one before)
+    assert after["inference_count"] - before["inference_count"] == 2 * (sent + 1)
+    missing = bench("-m", "nope", "-u", address)
+    assert missing.returncode == 1
+    assert "ModelMetadata of model 'nope'" in missing.stderr and "NOT_FOUND" in missing.stderr
