@@ -90,6 +90,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         loop.add_reader(self.pipe.fileno(), lambda: commands.put_nowait(self.pipe.recv()))
+        # uvloop's add_reader makes the pipe non-blocking: a sample larger than the pipe's
+        # buffer (a long window at a high rate) then failed to send with BlockingIOError.
+        os.set_blocking(self.pipe.fileno(), True)
         self.pipe.send(("ready",))
         level: asyncio.Task[None] | None = None
         while True:
