@@ -11,9 +11,10 @@ Not served: shared memory (system and CUDA), trace and log settings: UNIMPLEMENT
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 from urllib.parse import unquote
 
@@ -87,22 +88,39 @@ class InferenceService:
                 authorization = value
         return bearer(authorization)
 
-    async def _read(
-        self, context: Context, need: Need | None, what: str
-    ) -> tuple[Grant | None, float, float, str] | None:
-        """Admit a call that does not infer: None when no token is needed."""
-        if self.admission is None or need is None:
-            return None
-        return await self._admit(context, need)
+    async def _serve(
+        self, context: Context, need: Need | None, what: str, work: Callable[[Any], Any]
+    ) -> Any:
+        """Admit the call (when `need` asks for a token), answer `work(allowed)` (a value or
+        an awaitable; `allowed`: the models the token may see, None for all), and log the
+        outcome in the usage log as REST logs its routes'."""
+        admission = self.admission
+        if admission is None or need is None:
+            try:
+                answer = work(None)
+                return await answer if inspect.isawaitable(answer) else answer
+            except Exception as exc:
+                await abort(context, exc, what)
+        grant, start, now, address = await self._admit(context, need)
+        allowed = grant.allows_model if grant.patterns else None
+        status = 499
+        try:
+            answer = work(allowed)
+            answer = await answer if inspect.isawaitable(answer) else answer
+            status = 200
+            return answer
+        except CinferError as exc:
+            status = exc.status_code
+            await abort(context, exc, what)
+        except Exception as exc:
+            status = 500
+            await abort(context, exc, what)
+        finally:
+            admission.done(grant, need, status, start, now, address)
 
     def _meta(self, need: Need) -> Need | None:
         """`need`, or None where ``[auth] public_metadata`` opens metadata to everyone."""
         return None if self.public_metadata else need
-
-    @staticmethod
-    def _allowed(admitted: tuple[Grant | None, float, float, str] | None) -> Any:
-        grant = admitted[0] if admitted is not None else None
-        return grant.allows_model if grant is not None and grant.patterns else None
 
     # -- health and metadata --------------------------------------------------------------
 
@@ -115,111 +133,112 @@ class InferenceService:
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         target = f"ModelReady {request.name}"
         version = request.version or None
-        await self._read(
-            context, self._meta(Need(("read", "infer"), target, request.name, version)), target
-        )
-        try:
-            ready = self.dataplane.model_ready(request.name, version)
-        except NotFound:  # as Triton answers: not ready, rather than an error
-            ready = False
-        except Exception as exc:
-            await abort(context, exc, target)
-        return pb.ModelReadyResponse(ready=ready)
+
+        def work(allowed: Any) -> Any:
+            try:
+                ready = self.dataplane.model_ready(request.name, version)
+            except NotFound:  # as Triton answers: not ready, rather than an error
+                ready = False
+            return pb.ModelReadyResponse(ready=ready)
+
+        need = self._meta(Need(("read", "infer"), target, request.name, version))
+        return await self._serve(context, need, target, work)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
-        await self._read(context, self._meta(Need(("read",), "ServerMetadata")), "")
-        answer = self.dataplane.server_metadata()
-        return pb.ServerMetadataResponse(
-            name=answer["name"], version=answer["version"], extensions=answer["extensions"]
-        )
+        def work(allowed: Any) -> Any:
+            answer = self.dataplane.server_metadata()
+            return pb.ServerMetadataResponse(
+                name=answer["name"], version=answer["version"], extensions=answer["extensions"]
+            )
+
+        need = self._meta(Need(("read",), "ServerMetadata"))
+        return await self._serve(context, need, "ServerMetadata", work)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         target = f"ModelMetadata {request.name}"
         version = request.version or None
-        await self._read(context, self._meta(Need(("read",), target, request.name, version)), "")
-        try:
+
+        def work(allowed: Any) -> Any:
             answer = self.dataplane.model_metadata(request.name, version)
-        except Exception as exc:
-            await abort(context, exc, target)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name=answer["name"],
-            versions=answer["versions"],
-            platform=answer["platform"],
-            inputs=[tensor(**t) for t in answer["inputs"]],
-            outputs=[tensor(**t) for t in answer["outputs"]],
-        )
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=answer["name"],
+                versions=answer["versions"],
+                platform=answer["platform"],
+                inputs=[tensor(**t) for t in answer["inputs"]],
+                outputs=[tensor(**t) for t in answer["outputs"]],
+            )
+
+        need = self._meta(Need(("read",), target, request.name, version))
+        return await self._serve(context, need, target, work)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> Any:
         target = f"ModelConfig {request.name}"
         version = request.version or None
-        await self._read(context, self._meta(Need(("read",), target, request.name, version)), "")
-        try:
+
+        def work(allowed: Any) -> Any:
             answer = self.dataplane.model_config(request.name, version)
             config = json_format.ParseDict(
                 answer, config_pb.ModelConfig(), ignore_unknown_fields=True
             )
-        except Exception as exc:
-            await abort(context, exc, target)
-        return pb.ModelConfigResponse(config=config)
+            return pb.ModelConfigResponse(config=config)
+
+        need = self._meta(Need(("read",), target, request.name, version))
+        return await self._serve(context, need, target, work)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
         name = request.name or None
         version = request.version or None
         target = f"ModelStatistics {request.name}".rstrip()
-        if name is None:
-            need = self._meta(Need(("read",), target))
-        else:
-            need = self._meta(Need(("read",), target, name, version))
-        admitted = await self._read(context, need, target)
-        try:
+
+        async def work(allowed: Any) -> Any:
             if name is None and version is not None:
                 raise InvalidRequest("ModelStatistics: a version needs a model name")
-            answer = await self.dataplane.model_statistics(
-                name, version, allowed=self._allowed(admitted)
-            )
+            answer = await self.dataplane.model_statistics(name, version, allowed=allowed)
             return json_format.ParseDict(
                 answer, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
             )
-        except Exception as exc:
-            await abort(context, exc, target)
+
+        need = Need(("read",), target) if name is None else Need(("read",), target, name, version)
+        return await self._serve(context, self._meta(need), target, work)
 
     # -- repository -----------------------------------------------------------------------
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
-        admitted = await self._read(context, Need(("admin",), "RepositoryIndex"), "")
-        try:
+        async def work(allowed: Any) -> Any:
             entries = await self.dataplane.repository_index(request.ready)
-        except Exception as exc:
-            await abort(context, exc, "RepositoryIndex")
-        allowed = self._allowed(admitted)
-        index = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(
-            models=[index(**e) for e in entries if allowed is None or allowed(e["name"])]
-        )
+            index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(
+                models=[index(**e) for e in entries if allowed is None or allowed(e["name"])]
+            )
+
+        need = Need(("admin",), "RepositoryIndex")
+        return await self._serve(context, need, "RepositoryIndex", work)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
         target = f"RepositoryModelLoad {request.model_name}"
-        await self._read(context, Need(("admin",), target, request.model_name), "")
-        try:
+
+        async def work(allowed: Any) -> Any:
             params = {k: codec.parameter(v) for k, v in request.parameters.items()}
             await self.dataplane.load_model(request.model_name, params or None)
-        except Exception as exc:
-            await abort(context, exc, target)
-        return pb.RepositoryModelLoadResponse()
+            return pb.RepositoryModelLoadResponse()
+
+        need = Need(("admin",), target, request.model_name)
+        return await self._serve(context, need, target, work)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
         target = f"RepositoryModelUnload {request.model_name}"
-        await self._read(context, Need(("admin",), target, request.model_name), "")
-        try:
+
+        async def work(allowed: Any) -> Any:
             await self.dataplane.unload_model(request.model_name)
-        except Exception as exc:
-            await abort(context, exc, target)
-        return pb.RepositoryModelUnloadResponse()
+            return pb.RepositoryModelUnloadResponse()
+
+        need = Need(("admin",), target, request.model_name)
+        return await self._serve(context, need, target, work)
 
     # -- inference ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -99,6 +100,17 @@ def test_tokens_through_authorization_metadata(tmp_path: Path) -> None:
     port = free_port()
     with live_server(root, env={**env, **grpc_env(port)}) as (url, _):
         client("tokens", f"127.0.0.1:{port}", url, *tokens)
+
+        def logged() -> set[tuple[str, str | None, int, str]]:
+            query = ("SELECT t.name, u.model, u.status, u.client FROM usage_log u "
+                     "JOIN tokens t ON t.id = u.token_id")  # fmt: skip
+            with sqlite3.connect(f"file:{tmp_path / 'c.db'}?mode=ro", uri=True) as conn:
+                return set(conn.execute(query).fetchall())
+
+        # the usage log has the gRPC calls as it has REST's: infer, metadata, refusals
+        expected = {("infer", "tiny", 200, "127.0.0.1"), ("read", "tiny", 200, "127.0.0.1"),
+                    ("read", "tiny", 403, "127.0.0.1"), ("slow", "tiny", 429, "127.0.0.1")}  # fmt: skip
+        wait_until(lambda: expected <= logged(), "the gRPC calls in the usage log")
 
 
 def slow_folder(root: Path, batching: str) -> None:
