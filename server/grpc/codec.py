@@ -19,7 +19,7 @@ import numpy as np
 
 from ..classification import requested
 from ..datatypes import FROM_NUMPY, NUMPY, datatype_of
-from ..errors import InvalidRequest, show
+from ..errors import InvalidRequest, Unsupported, show
 from ..http import tensors
 from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
 from .generated import grpc_service_pb2 as pb
@@ -53,6 +53,10 @@ _WIDE: dict[str, Any] = {
     "fp64_contents": np.float64,
 }
 _SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
+SHM = (
+    "{}: shared memory is not supported over gRPC yet (it is over REST); send the tensor in "
+    "raw_input_contents or contents"
+)
 
 
 def parameter(value: pb.InferParameter) -> Any:
@@ -104,6 +108,8 @@ def decode(message: pb.ModelInferRequest) -> InferRequest:
                     f"inputs[{index}].shape[{axis}]: expected a non-negative integer, got {dim}"
                 )
             count *= dim
+        if "shared_memory_region" in tensor.parameters:
+            raise Unsupported(SHM.format(f"input '{name}'"))
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidRequest(
@@ -119,6 +125,8 @@ def decode(message: pb.ModelInferRequest) -> InferRequest:
         for index, wanted in enumerate(message.outputs):
             if not wanted.name:
                 raise InvalidRequest(f'outputs[{index}].name: expected a non-empty string, got ""')
+            if "shared_memory_region" in wanted.parameters:
+                raise Unsupported(SHM.format(f"output '{wanted.name}'"))
             classes = requested(parameters(wanted.parameters), wanted.name)
             outputs.append(RequestedOutput(wanted.name, bool(raw), classes))
     return InferRequest(

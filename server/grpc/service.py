@@ -34,6 +34,9 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("cinfer")
 
+REST_ONLY = frozenset({"system_shared_memory"})
+"""Extensions the DataPlane lists that this door does not serve yet."""
+
 
 def peer_address(peer: str) -> str:
     """The client's IP address from a gRPC peer (``ipv4:127.0.0.1:5000``,
@@ -147,8 +150,10 @@ class InferenceService:
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         def work(allowed: Any) -> Any:
             answer = self.dataplane.server_metadata()
+            # REST's extensions but those this door does not serve (shared memory, for now)
+            extensions = [e for e in answer["extensions"] if e not in REST_ONLY]
             return pb.ServerMetadataResponse(
-                name=answer["name"], version=answer["version"], extensions=answer["extensions"]
+                name=answer["name"], version=answer["version"], extensions=extensions
             )
 
         need = self._meta(Need(("read",), "ServerMetadata"))

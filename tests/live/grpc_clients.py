@@ -70,9 +70,13 @@ def rpcs(address: str, url: str) -> None:
     assert not client.is_model_ready("nope")
     meta = client.get_server_metadata()
     rest = httpx.get(f"{url}/v2").json()
+    rest_extensions = [e for e in rest["extensions"] if e != "system_shared_memory"]
     assert (meta.name, meta.version, list(meta.extensions)) == (
-        rest["name"], rest["version"], rest["extensions"],
-    )  # fmt: skip
+        rest["name"],
+        rest["version"],
+        rest_extensions,
+    )  # fmt: skip  (shared memory is served over REST only)
+    assert "model_repository" in meta.extensions
     model = client.get_model_metadata("digits", as_json=True)
     rest_model = httpx.get(f"{url}/v2/models/digits").json()
     assert model["name"] == "digits" and model["versions"] == rest_model["versions"]
@@ -213,6 +217,12 @@ def typed(address: str, url: str) -> None:
         request.raw_input_contents.append(b"\0" * 12)
         error = refused(request)
         assert "raw_input_contents has 1 buffers for 2 inputs" in error.details()
+        request = pb.ModelInferRequest(model_name="identity_fp32")
+        tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 3])
+        tensor.parameters["shared_memory_region"].string_param = "r"
+        error = refused(request)
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "input 'INPUT0': shared memory is not supported over gRPC" in error.details()
 
 
 @scenario
