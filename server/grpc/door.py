@@ -66,10 +66,13 @@ class GrpcDoor:
         where = address(self.host, self.port)
         try:
             bound = server.add_insecure_port(where)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen for gRPC on {where}: {exc}") from None
+        except RuntimeError:  # grpc logs the system's reason itself
+            bound = 0
         if not bound:
-            raise ConfigError(f"cannot listen for gRPC on {where}: the port is taken")
+            raise ConfigError(
+                f"cannot listen for gRPC on {where}: the port is taken or the address is not "
+                "this machine's ([grpc] port, [server] host)"
+            )
         self.port = bound
         await server.start()
         self._server = server

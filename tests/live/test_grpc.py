@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -215,3 +216,21 @@ def test_bench_measures_over_grpc(served: tuple[str, str]) -> None:
     missing = bench("-m", "nope", "-u", address)
     assert missing.returncode == 1
     assert "ModelMetadata of model 'nope'" in missing.stderr and "NOT_FOUND" in missing.stderr
+
+
+def test_a_taken_grpc_port_stops_start_up(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "server", "--repository", str(root), "--port", "0"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, **grpc_env(port), "CINFER_AUTH__ENABLED": "false",
+                 "CINFER_CONSOLE__ENABLED": "false", "CINFER_JOBS__ENABLED": "false"},
+        )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}: the port is taken" in done.stderr
+    assert "Traceback" not in done.stderr
