@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test test-system lint typecheck examples clean
+.PHONY: install serve test test-system lint typecheck examples grpc-stubs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ typecheck: install
 examples: install
 	$(PY) -m pip install -q -e '.[examples]'
 	$(PY) tools/make_examples.py repository
+
+# Regenerate the gRPC door's stubs (server/grpc/generated/) from server/grpc/protos/.
+grpc-stubs: install
+	PYTHON=$(PY) server/grpc/protos/generate.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -96,6 +96,15 @@ class ServerSettings(Section):
     server is served at the root."""
 
 
+class GrpcSettings(Section):
+    """The KServe v2 gRPC door (server/grpc/, docs/grpc.md): same process, loop and models
+    as the REST port."""
+
+    enabled: bool = True
+    port: int = Field(8001, ge=0, le=65535)
+    """The gRPC port, on [server] host; 0 turns the door off, as enabled = false does."""
+
+
 class MetricsSettings(Section):
     enabled: bool = True
     """Serve Prometheus metrics at /metrics."""
@@ -240,6 +249,7 @@ class Settings(Section):
 
     server: ServerSettings = ServerSettings()
     repository: RepositorySettings = RepositorySettings()
+    grpc: GrpcSettings = GrpcSettings()
     metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
     console: ConsoleSettings = ConsoleSettings()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -20,6 +21,10 @@ from server.settings import RepositorySettings, Settings
 from tests import onnx_models
 
 T = TypeVar("T")
+
+# Servers the tests start (python -m server, cinfer serve) would all take gRPC's default port
+# 8001: the gRPC door is off unless a test turns it on (tests/live/test_grpc*.py).
+os.environ.setdefault("CINFER_GRPC__ENABLED", "false")
 
 
 def missing_gpu() -> str | None:

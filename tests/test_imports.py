@@ -16,8 +16,8 @@ from pathlib import Path
 SERVER = Path(__file__).resolve().parent.parent / "server"
 MAX_LINES = 500
 #: The doors: the only modules that may import a transport (docs/architecture.md).
-DOORS = ("http", "cli", "console", "batch", "__main__")
-TRANSPORTS = ("starlette", "uvicorn", "server.http")
+DOORS = ("http", "grpc", "cli", "console", "batch", "__main__")
+TRANSPORTS = ("starlette", "uvicorn", "grpc", "server.http", "server.grpc")
 
 
 def module_name(path: Path) -> str:
@@ -150,7 +150,8 @@ def test_no_server_module_is_over_500_lines() -> None:
     long = {
         name: n
         for name, path in MODULES.items()
-        if (n := len(path.read_text().splitlines())) > MAX_LINES
+        if not name.startswith("server.grpc.generated")  # protoc's output (server/grpc/protos/)
+        and (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
 

@@ -74,7 +74,7 @@ def serve(
     port: int | None,
     log_level: str | None,
 ) -> None:
-    """Serve the model repository over the KServe v2 REST API (the default command).
+    """Serve the model repository over KServe v2 REST and gRPC (the default command).
 
     Flags override CINFER_<SECTION>__<KEY> variables, which override the settings file.
     """
@@ -150,7 +150,10 @@ def run(settings: Settings) -> int:
         reconciler = Reconciler(root, core, heap, settings.server.max_image_pixels)
         cache = ResponseCache.of(settings.cache)  # for the models that enable it
         dataplane = DataPlane(reconciler, repository.mode, repository.settle_ms, cache)
-        app = create_app(settings, dataplane, guard)
+        grpc = settings.grpc
+        app = create_app(
+            settings, dataplane, guard, grpc_port=grpc.port if grpc.enabled and grpc.port else None
+        )
         log.info(
             "cinfer %s serving %s (%s mode) on http://%s",
             __version__,

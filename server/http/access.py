@@ -3,8 +3,8 @@ what its route needs, for almost nothing on the hot path.
 
     request -> App: RouteTable.find(method, path)    the route's Access -> Need (routes.py)
             -> Gate: credentials(scope)               Authorization, X-Forwarded-For
-                     Guard.identify / admit           token, state, address, permission,
-                                                      model, quota, rate (auth/guard.py)
+                     Admission.admit                  token, state, address, permission,
+                                                      model, quota, rate (auth/admission.py)
             -> the route's endpoint                   counted, and logged with its status
                                                       and latency
 
@@ -21,8 +21,8 @@ from typing import cast
 
 from cachetools import LRUCache
 
-from ..auth.grant import MAX_CACHED, LeaseNeeded, UnknownToken
-from ..auth.guard import Guard
+from ..auth.admission import Admission, bearer
+from ..auth.grant import MAX_CACHED
 from ..auth.tokens import contains, parse_address, parse_network
 from ..errors import CinferError, InvalidRequest, Unauthorized, show
 from .asgi import ADDRESS_KEY, GRANT_KEY, STATUS_KEY, Message, Receive, Scope, Send, send_error
@@ -38,11 +38,15 @@ class Gate:
     and the reason); admitted ones are counted and, with their status and latency, logged.
     """
 
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
-        self.rejections: dict[int, int] = {}
-        """Refused requests by status (the cinfer_auth_rejections metric)."""
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.guard = guard = admission.guard
         self.proxies = Proxies(guard.settings.trusted_proxies)
+
+    @property
+    def rejections(self) -> dict[int, int]:
+        """Refused requests by status, of every door (the cinfer_auth_rejections metric)."""
+        return self.admission.rejections
 
     def credentials(self, scope: Scope) -> tuple[str | None, str]:
         """The bearer token a request presents and the client's address (from
@@ -59,12 +63,7 @@ class Gate:
         address = client[0] if client else ""
         if forwarded is not None and self.proxies.networks and self.proxies.trusted(address):
             address = self.proxies.client(forwarded, address)
-        if authorization is None:
-            return None, address
-        scheme, _, value = authorization.partition(b" ")
-        if scheme.lower() != b"bearer":
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-        return value.strip().decode("latin-1"), address
+        return bearer(authorization), address
 
     async def enter(
         self, found: Found, scope: Scope, receive: Receive, send: Send, run: Run
@@ -78,30 +77,14 @@ class Gate:
         now = guard.clock()
         client = scope.get("client")
         address = client[0] if client else ""
-        grant = None
         try:
-            credentials, address = self.credentials(scope)
             try:
-                grant = guard.identify(credentials)
-            except UnknownToken:
-                await guard.catch_up()  # a token made by the CLI a moment ago
-                grant = guard.identify(credentials)
-            while True:
-                try:
-                    guard.admit(grant, need, address, now)
-                    break
-                except LeaseNeeded:  # the next block of its monthly quota, then again
-                    await guard.lease(grant)
-                    grant = guard.identify(credentials)
+                credentials, address = self.credentials(scope)
+            except CinferError as exc:
+                self.admission.refused(now, address, exc)
+                raise
+            grant = await self.admission.admit(credentials, need, address, now, start)
         except CinferError as exc:
-            if grant is None:
-                guard.refuse(now, address, exc.status_code)
-            elif guard.logging:
-                guard.record(
-                    (now, grant.id, need.model, need.version, exc.status_code,
-                     (time.perf_counter() - start) * 1000, address)
-                )  # fmt: skip
-            self.rejections[exc.status_code] = self.rejections.get(exc.status_code, 0) + 1
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
             else:
@@ -121,10 +104,7 @@ class Gate:
                 else:
                     await run(found, scope, receive, send)
             finally:
-                guard.record(
-                    (now, grant.id, need.model, need.version, scope.get(STATUS_KEY, 499),
-                     (time.perf_counter() - start) * 1000, address)
-                )  # fmt: skip
+                self.admission.done(grant, need, scope.get(STATUS_KEY, 499), start, now, address)
             return
         scope[ADDRESS_KEY] = address
         status = 499  # nginx's "client closed request": the app never answered
@@ -143,10 +123,7 @@ class Gate:
         try:
             await run(found, scope, receive, send_with_status)
         finally:
-            guard.record(
-                (now, grant.id, need.model, need.version, status,
-                 (time.perf_counter() - start) * 1000, address)
-            )  # fmt: skip
+            self.admission.done(grant, need, status, start, now, address)
 
 
 class Proxies:

@@ -23,6 +23,7 @@ from typing import Any, cast
 from starlette.requests import Request
 
 from ..auth.accounts import Accounts
+from ..auth.admission import Admission
 from ..auth.guard import Guard
 from ..dataplane import DataPlane
 from ..errors import CinferError
@@ -51,15 +52,19 @@ def create_app(
     dataplane: DataPlane,
     guard: Guard | None = None,
     routes: Sequence[Route] = (),
+    grpc_port: int | None = None,
 ) -> App:
     """The ASGI application; `dataplane` starts loading the repository when the app starts.
 
     With a `guard` (the caller builds one when ``[auth] enabled``), every route the table
     does not declare public needs an API token, and /admin serves token management; without
     one the server is open. `routes` adds routes to the table (a front door being built).
+    With a `grpc_port` the gRPC door (server/grpc/) serves on it, started and stopped with
+    the app, over the same DataPlane and tokens (`cinfer serve` passes ``[grpc] port``).
     """
     limit = settings.server.max_request_bytes
-    gate = Gate(guard) if guard is not None else None
+    admission = Admission(guard) if guard is not None else None
+    gate = Gate(admission) if admission is not None else None
     exposition = Exposition(
         dataplane.reconciler, (lambda: gate.rejections) if gate is not None else None
     )
@@ -83,6 +88,14 @@ def create_app(
 
         recheck = guard.recheck if guard is not None else None
         jobs = JobsEndpoint(Jobs(settings.jobs, dataplane, StoredCodec(), recheck=recheck), limit)
+    door = None
+    if grpc_port is not None:
+        from ..grpc.door import GrpcDoor
+
+        door = GrpcDoor(
+            dataplane, admission, settings.server.host, grpc_port, limit,
+            settings.server.shutdown_grace_s,
+        )  # fmt: skip
     infer = InferEndpoint(dataplane, limit, jobs.prefer if jobs is not None else None)
     endpoints: list[Any] = [
         Health(dataplane),
@@ -126,6 +139,14 @@ def create_app(
                 except BaseException:
                     await dataplane.stop()
                     raise
+            if door is not None:  # its port taken: nothing keeps running
+                try:
+                    await door.start()
+                except BaseException:
+                    if jobs is not None:
+                        await jobs.jobs.stop(0)
+                    await dataplane.stop()
+                    raise
         except BaseException:
             if guard is not None:
                 await guard.stop()
@@ -139,6 +160,8 @@ def create_app(
 
     async def stop() -> None:
         try:
+            if door is not None:  # its calls in flight drain before the models go
+                await door.stop()
             if jobs is not None:  # before the models go: jobs in flight get to finish
                 await jobs.jobs.stop(min(JOBS_GRACE_S, settings.server.shutdown_grace_s))
             if console is not None:
@@ -152,7 +175,9 @@ def create_app(
             if guard is not None:
                 await guard.stop()
 
-    return App(table, gate, start, stop, settings.server.access_log)
+    app = App(table, gate, start, stop, settings.server.access_log)
+    app.grpc = door
+    return app
 
 
 class App:
@@ -170,6 +195,8 @@ class App:
         self.gate = gate
         self._start = start
         self._stop = stop
+        self.grpc: Any = None
+        """The gRPC door (server/grpc/door.py) when it is on: its bound port for tests."""
         entry: ASGIApp = self._dispatch
         if access_log:
             entry = AccessLog(entry, "text" if access_log is True else access_log)

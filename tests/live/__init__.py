@@ -35,10 +35,11 @@ def live_server(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Start the server over `repository`; yields (base URL, process) once it is ready.
 
-    Authentication, the console and async jobs are off unless `env` sets
-    ``CINFER_AUTH__ENABLED``, ``CINFER_CONSOLE__ENABLED`` or ``CINFER_JOBS__ENABLED`` (the
-    shipped config.toml turns them on, and tests that are not about them should not need a
-    token, nor write a database beside config.toml).
+    Authentication, the console, async jobs and gRPC are off unless `env` sets
+    ``CINFER_AUTH__ENABLED``, ``CINFER_CONSOLE__ENABLED``, ``CINFER_JOBS__ENABLED`` or
+    ``CINFER_GRPC__ENABLED`` (the shipped config.toml turns them on, and tests that are not
+    about them should not need a token, write a database beside config.toml, nor take port
+    8001).
     """
     port = free_port()
     log_path = repository.parent / f"server-{port}.log"
@@ -62,6 +63,7 @@ def live_server(
             "CINFER_AUTH__ENABLED": "false",
             "CINFER_CONSOLE__ENABLED": "false",
             "CINFER_JOBS__ENABLED": "false",
+            "CINFER_GRPC__ENABLED": "false",
             **(env or {}),
         },
         text=True,

@@ -36,6 +36,7 @@ examples:
   python tools/bench.py -m tiny -u localhost:8000 --request-rate-range 500:2000:500 -f out.csv
   python tools/bench.py -m iris --shape features:8,4 --format json --plot out.png
   python tools/bench.py -m resnet --images photos/ -b 8 --format multipart
+  python tools/bench.py -m tiny -i grpc -u localhost:8001 --concurrency-range 1:32:31
 """
 
 
@@ -69,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--model-name", required=True, help="the model to measure")
     parser.add_argument("-x", "--model-version", help="its version (default: the server's)")
     parser.add_argument(
-        "-u", "--url", default="localhost:8000", help="host:port or http://host:port[/prefix]"
+        "-u",
+        "--url",
+        help="host:port or http://host:port[/prefix] (default localhost:8000; with -i grpc, "
+        "host:port, default localhost:8001)",
+    )
+    parser.add_argument(
+        "-i",
+        "--protocol",
+        choices=["http", "grpc"],
+        default="http",
+        help="KServe v2 over HTTP (default) or gRPC (raw tensors; needs tritonclient[grpc])",
     )
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
@@ -192,7 +203,18 @@ def main(argv: list[str] | None = None) -> int:
             f"--images gives the data of the image input; --input-data {args.input_data} "
             "cannot be combined with it (zero or random fill the model's other inputs)"
         )
+    if args.protocol == "grpc":
+        unsupported = [
+            option for option, used in (("--images", args.images),
+                                        ("--format", args.format != "binary")) if used
+        ]  # fmt: skip
+        if unsupported:
+            parser.error(f"-i grpc sends raw tensors: {', '.join(unsupported)} is HTTP only")
+        if args.url and "://" in args.url:
+            parser.error(f"-i grpc takes host:port, got {args.url}")
     try:
+        if args.protocol == "grpc":
+            return run_grpc(args, mode, levels, shapes, headers)
         return run(args, mode, levels, shapes, headers)
     except BenchError as exc:
         print(f"bench.py: error: {exc}", file=sys.stderr)
@@ -311,7 +333,7 @@ def run(
 ) -> int:
     if args.plot:
         report.check_plotting()
-    endpoint = Endpoint.parse(args.url, headers)
+    endpoint = Endpoint.parse(args.url or "localhost:8000", headers)
     plan = prepare(args, endpoint, shapes)
     model, requests, stats = plan.model, plan.requests, plan.stats
 
@@ -362,9 +384,70 @@ def run(
     return finish(args, mode, plan, results, interrupted, aborted)
 
 
+def run_grpc(
+    args: argparse.Namespace,
+    mode: str,
+    levels: list[float],
+    shapes: dict[str, tuple[int, ...]],
+    headers: list[tuple[str, str]],
+) -> int:
+    """-i grpc: the model over ModelMetadata, raw-tensor ModelInfer load (grpc_load.py)."""
+    from . import grpc_load
+
+    address = args.url or "localhost:8001"
+    model = grpc_load.describe(address, args.model_name, args.model_version, headers)
+    if args.input_data in ("zero", "random"):
+        rng = np.random.default_rng(0)
+        full = inputs.resolve_shapes(model, args.batch_size, shapes)
+        entries = [
+            {
+                t.name: inputs.generate(t.datatype, full[t.name], args.input_data, rng)
+                for t in model.inputs
+            }
+        ]
+    else:
+        entries = inputs.load_data_file(Path(args.input_data), model, args.batch_size, shapes)
+    requests = grpc_load.build(model, entries)
+    grpc_load.probe(address, requests, headers)
+    described = ", ".join(
+        f"{t.name} {t.datatype} {list(entries[0][t.name].shape)}" for t in model.inputs
+    )
+    print(
+        f"bench.py: model '{model.name}' at grpc://{address}: {described}; raw ModelInfer "
+        f"requests of {len(requests[0]):,} bytes, batch {args.batch_size}; "
+        f"{args.workers} load worker(s); server statistics: not read over gRPC",
+        file=sys.stderr,
+    )
+    plan = Plan(model, [inputs.Request(b"", len(r)) for r in requests], False, described)
+    tolerance = args.stability_percentage / 100
+    progress = report.Progress(mode, args.max_trials, args.percentile)
+    results: list[Level] = []
+    interrupted = aborted = False
+    pool = WorkerPool(
+        args.workers, address, requests, [list(h) for h in headers], grpc_load.grpc_worker_main
+    )
+    try:
+        for value in levels:
+            progress.start_level(value)
+            level, aborted, interrupted = measure_level(
+                pool, None, model, mode, value, args, False, tolerance, progress
+            )
+            if level is not None:
+                results.append(level)
+                progress.end_level(level)
+            if aborted or interrupted:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        pool.close()
+    return finish(args, mode, plan, results, interrupted, aborted)
+
+
 def measure_level(
     pool: WorkerPool,
-    endpoint: Endpoint,
+    endpoint: Endpoint | None,
     model: Model,
     mode: str,
     value: float,
@@ -379,7 +462,7 @@ def measure_level(
     """
     interval = args.measurement_interval / 1000
     windows: list[Window] = []
-    before = try_stats(endpoint, model) if stats else None
+    before = try_stats(endpoint, model) if stats and endpoint is not None else None
     pool.start(mode, value)
     stable = aborted = interrupted = False
     try:
@@ -390,7 +473,7 @@ def measure_level(
                 progress.tick(len(windows) + 1 - max(left, 0) / interval)
             samples = pool.sample()
             server = None
-            if before is not None:
+            if before is not None and endpoint is not None:
                 after = try_stats(endpoint, model)
                 server = None if after is None else after - before
                 before = after

@@ -90,6 +90,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         loop.add_reader(self.pipe.fileno(), lambda: commands.put_nowait(self.pipe.recv()))
+        # uvloop's add_reader makes the pipe non-blocking: a sample larger than the pipe's
+        # buffer (a long window at a high rate) then failed to send with BlockingIOError.
+        os.set_blocking(self.pipe.fileno(), True)
         self.pipe.send(("ready",))
         level: asyncio.Task[None] | None = None
         while True:
@@ -300,15 +303,22 @@ class WorkerPool:
     """`count` load processes; a level's concurrency or rate is split between them."""
 
     def __init__(
-        self, count: int, address: tuple[str, int], requests: list[bytes], sizes: list[int]
+        self,
+        count: int,
+        address: Any,
+        requests: list[bytes],
+        extra: Any,
+        main: Callable[..., None] | None = None,
     ) -> None:
+        """`main(pipe, address, requests, extra)` runs in each process: worker_main (HTTP,
+        `extra` the body sizes) unless given (grpc_load.grpc_worker_main, the metadata)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self.pipes: list[Connection] = []
         self.processes = []
         for _ in range(count):
             parent, child = context.Pipe()
             process = context.Process(
-                target=worker_main, args=(child, address, requests, sizes), daemon=True
+                target=main or worker_main, args=(child, address, requests, extra), daemon=True
             )
             process.start()
             child.close()
