@@ -19,9 +19,10 @@ import numpy as np
 
 from ..classification import requested
 from ..datatypes import FROM_NUMPY, NUMPY, datatype_of
-from ..errors import InvalidRequest, Unsupported, show
+from ..errors import InvalidRequest, show
 from ..http import tensors
 from ..inference import InferInput, InferRequest, InferResponse, RequestedOutput
+from ..sharedmemory import Placement, Regions, locate
 from .generated import grpc_service_pb2 as pb
 
 MAX_DIMS = 32
@@ -53,10 +54,6 @@ _WIDE: dict[str, Any] = {
     "fp64_contents": np.float64,
 }
 _SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
-SHM = (
-    "{}: shared memory is not supported over gRPC yet (it is over REST); send the tensor in "
-    "raw_input_contents or contents"
-)
 
 
 def parameter(value: pb.InferParameter) -> Any:
@@ -69,16 +66,20 @@ def parameters(params: Any) -> dict[str, Any]:
     return {key: parameter(value) for key, value in params.items()}
 
 
-def decode(message: pb.ModelInferRequest) -> InferRequest:
-    """The request as the DataPlane takes it; a 400 naming the input for anything wrong."""
+def decode(message: pb.ModelInferRequest, regions: Regions | None = None) -> InferRequest:
+    """The request as the DataPlane takes it; a 400 naming the input for anything wrong.
+    An input or output that names a shared-memory region is read from or written to it
+    (`regions`, the server's), and takes no raw_input_contents buffer."""
     if not message.inputs:
         raise InvalidRequest("inputs: expected a non-empty list of tensors")
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    inline = sum("shared_memory_region" not in t.parameters for t in message.inputs)
+    if raw and len(raw) != inline:
         raise InvalidRequest(
-            f"raw_input_contents has {len(raw)} buffers for {len(message.inputs)} inputs "
-            "(send every input raw, or none)"
+            f"raw_input_contents has {len(raw)} buffers for {inline} inputs "
+            "(send every input not in shared memory raw, or none)"
         )
+    buffers = iter(raw)
     request_parameters = parameters(message.parameters) if message.parameters else None
     for key in _SEQUENCE:
         if request_parameters and request_parameters.get(key):
@@ -109,13 +110,17 @@ def decode(message: pb.ModelInferRequest) -> InferRequest:
                 )
             count *= dim
         if "shared_memory_region" in tensor.parameters:
-            raise Unsupported(SHM.format(f"input '{name}'"))
-        if raw:
+            what = f"input '{name}'"
+            area, at, size = locate(regions, parameters(tensor.parameters), f"inputs[{index}]",
+                                    what)  # fmt: skip
+            blob = memoryview(area.read(at, size, what))
+            array = tensors.from_binary(name, datatype, shape, count, blob)
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidRequest(
                     f"input '{name}': give either raw_input_contents or contents, not both"
                 )
-            array = tensors.from_binary(name, datatype, shape, count, memoryview(raw[index]))
+            array = tensors.from_binary(name, datatype, shape, count, memoryview(next(buffers)))
         else:
             array = _typed(name, datatype, shape, count, tensor.contents)
         inputs.append(InferInput(name, datatype, array))
@@ -125,10 +130,14 @@ def decode(message: pb.ModelInferRequest) -> InferRequest:
         for index, wanted in enumerate(message.outputs):
             if not wanted.name:
                 raise InvalidRequest(f'outputs[{index}].name: expected a non-empty string, got ""')
-            if "shared_memory_region" in wanted.parameters:
-                raise Unsupported(SHM.format(f"output '{wanted.name}'"))
-            classes = requested(parameters(wanted.parameters), wanted.name)
-            outputs.append(RequestedOutput(wanted.name, bool(raw), classes))
+            given = parameters(wanted.parameters)
+            classes = requested(given, wanted.name)
+            place = None
+            if "shared_memory_region" in given:
+                what = f"output '{wanted.name}'"
+                area, at, size = locate(regions, given, f"outputs[{index}]", what)
+                place = Placement(area, at, size, what)
+            outputs.append(RequestedOutput(wanted.name, bool(raw), classes, place))
     return InferRequest(
         inputs,
         outputs,
@@ -180,17 +189,27 @@ def encode(response: InferResponse) -> pb.ModelInferResponse:
     )
     if request.id is not None:
         message.id = request.id
+    places = {o.name: o.place for o in request.outputs or () if o.place is not None}
     typed = []
     for name in names:
         array = results[name]
         datatype = FROM_NUMPY.get(array.dtype) or datatype_of(array)
         typed.append((name, array, datatype))
-    raw = request.binary_output or any(CONTENTS.get(d) is None for _, _, d in typed)
+    raw = request.binary_output or any(
+        CONTENTS.get(d) is None for n, _, d in typed if n not in places
+    )
     outputs = message.outputs
     blobs = message.raw_output_contents
     for name, array, datatype in typed:
         out = outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw:
+        place = places.get(name)
+        if place is not None:  # into the client's shared memory, not the message
+            written = place.write(tensors.to_binary(array, datatype))
+            out.parameters["shared_memory_region"].string_param = place.region
+            out.parameters["shared_memory_byte_size"].int64_param = written
+            if raw:
+                blobs.append(b"")  # raw_output_contents pairs with outputs by index
+        elif raw:
             blob = tensors.to_binary(array, datatype)
             blobs.append(blob if isinstance(blob, bytes) else blob.tobytes())
         elif datatype == "BYTES":

@@ -6,11 +6,14 @@ Admission), call the DataPlane, answer in protobuf; a `CinferError` becomes its 
 (status.py). ModelInfer goes through `DataPlane.exchange` with this door's codec, so gRPC and
 REST requests queue for the same instance pools and batch together.
 
-Not served: shared memory (system and CUDA), trace and log settings: UNIMPLEMENTED, saying so.
+System shared memory is the DataPlane's registry (sharedmemory.py), as over REST; CUDA shared
+memory is "not supported" (INVALID_ARGUMENT, as REST's 400). Not served: trace and log
+settings: UNIMPLEMENTED, saying so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -33,9 +36,6 @@ from .status import abort
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("cinfer")
-
-REST_ONLY = frozenset({"system_shared_memory"})
-"""Extensions the DataPlane lists that this door does not serve yet."""
 
 
 def peer_address(peer: str) -> str:
@@ -150,10 +150,8 @@ class InferenceService:
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         def work(allowed: Any) -> Any:
             answer = self.dataplane.server_metadata()
-            # REST's extensions but those this door does not serve (shared memory, for now)
-            extensions = [e for e in answer["extensions"] if e not in REST_ONLY]
             return pb.ServerMetadataResponse(
-                name=answer["name"], version=answer["version"], extensions=extensions
+                name=answer["name"], version=answer["version"], extensions=answer["extensions"]
             )
 
         need = self._meta(Need(("read",), "ServerMetadata"))
@@ -249,11 +247,12 @@ class InferenceService:
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         model = request.model_name
+        regions = self.dataplane.regions
         version = request.model_version or None
         if self.admission is None:
             try:
                 return await self.dataplane.exchange(
-                    model, version, lambda: codec.decode(request), codec.encode
+                    model, version, lambda: codec.decode(request, regions), codec.encode
                 )
             except Exception as exc:
                 await abort(context, exc, f"ModelInfer {model}")
@@ -263,7 +262,7 @@ class InferenceService:
         status = 499
         try:
             answer = await self.dataplane.exchange(
-                model, version, lambda: codec.decode(request), codec.encode
+                model, version, lambda: codec.decode(request, regions), codec.encode
             )
             status = 200
             return answer
@@ -297,6 +296,7 @@ class InferenceService:
 
     async def _stream_one(self, request: pb.ModelInferRequest, context: Context) -> Any:
         model = request.model_name
+        regions = self.dataplane.regions
         version = request.model_version or None
         if self.admission is not None:
             need = Need(("infer",), f"ModelStreamInfer {model}", model, version, infer=True)
@@ -313,7 +313,7 @@ class InferenceService:
             status = 500
             try:
                 answer = await self.dataplane.exchange(
-                    model, version, lambda: codec.decode(request), codec.encode
+                    model, version, lambda: codec.decode(request, regions), codec.encode
                 )
                 status = 200
                 return answer
@@ -323,7 +323,7 @@ class InferenceService:
             finally:
                 admission.done(grant, need, status, start, now, address)
         return await self.dataplane.exchange(
-            model, version, lambda: codec.decode(request), codec.encode
+            model, version, lambda: codec.decode(request, regions), codec.encode
         )
 
     # -- not served -----------------------------------------------------------------------
@@ -333,23 +333,54 @@ class InferenceService:
             grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server"
         )
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
-        await self._unsupported(context, "system shared memory")
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> Any:
+        def work(allowed: Any) -> Any:
+            status = pb.SystemSharedMemoryStatusResponse
+            found = self.dataplane.regions.status(request.name or None)
+            return status(regions={r["name"]: status.RegionStatus(**r) for r in found})
 
-    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        await self._unsupported(context, "system shared memory")
+        need = Need(("infer",), "SystemSharedMemoryStatus")
+        return await self._serve(context, need, "SystemSharedMemoryStatus", work)
 
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        await self._unsupported(context, "system shared memory")
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> Any:
+        async def work(allowed: Any) -> Any:
+            await asyncio.to_thread(self.dataplane.regions.register, request.name, request.key,
+                                    request.offset, request.byte_size)  # fmt: skip
+            return pb.SystemSharedMemoryRegisterResponse()
+
+        target = f"SystemSharedMemoryRegister {request.name}"
+        return await self._serve(context, Need(("infer",), target), target, work)
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> Any:
+        def work(allowed: Any) -> Any:
+            self.dataplane.regions.unregister(request.name or None)
+            return pb.SystemSharedMemoryUnregisterResponse()
+
+        target = f"SystemSharedMemoryUnregister {request.name}".rstrip()
+        return await self._serve(context, Need(("infer",), target), target, work)
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
-        await self._unsupported(context, "CUDA shared memory")
+        return pb.CudaSharedMemoryStatusResponse()  # none is, or can be, registered
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        await self._unsupported(context, "CUDA shared memory")
+        def work(allowed: Any) -> Any:
+            raise InvalidRequest(
+                f"CUDA shared memory region '{request.name}': CUDA shared memory is not "
+                "supported by this server (its tensors are in host memory): register a system "
+                "shared memory region or send the tensor"
+            )
+
+        target = f"CudaSharedMemoryRegister {request.name}"
+        return await self._serve(context, Need(("infer",), target), target, work)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        await self._unsupported(context, "CUDA shared memory")
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     async def TraceSetting(self, request: Any, context: Context) -> Any:
         await self._unsupported(context, "trace settings")

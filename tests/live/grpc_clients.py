@@ -70,12 +70,9 @@ def rpcs(address: str, url: str) -> None:
     assert not client.is_model_ready("nope")
     meta = client.get_server_metadata()
     rest = httpx.get(f"{url}/v2").json()
-    rest_extensions = [e for e in rest["extensions"] if e != "system_shared_memory"]
     assert (meta.name, meta.version, list(meta.extensions)) == (
-        rest["name"],
-        rest["version"],
-        rest_extensions,
-    )  # fmt: skip  (shared memory is served over REST only)
+        rest["name"], rest["version"], rest["extensions"],
+    )  # fmt: skip
     assert "model_repository" in meta.extensions
     model = client.get_model_metadata("digits", as_json=True)
     rest_model = httpx.get(f"{url}/v2/models/digits").json()
@@ -120,9 +117,10 @@ def rpcs(address: str, url: str) -> None:
     assert client.is_model_ready("iris")
     error = triton_error(lambda: client.unload_model("nope"))
     assert error.status() == "StatusCode.NOT_FOUND", error
-    error = triton_error(lambda: client.get_system_shared_memory_status())
-    assert error.status() == "StatusCode.UNIMPLEMENTED", error
-    assert "not supported" in error.message()
+    assert not client.get_cuda_shared_memory_status(as_json=True)  # none is, or can be
+    error = triton_error(lambda: client.register_cuda_shared_memory("g", b"", 0, 8))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+    assert "CUDA shared memory is not supported" in error.message()
 
     # ModelStreamInfer: answers in order, a failing request answered and the stream going on
     answers: queue.Queue[Any] = queue.Queue()
@@ -220,9 +218,64 @@ def typed(address: str, url: str) -> None:
         request = pb.ModelInferRequest(model_name="identity_fp32")
         tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 3])
         tensor.parameters["shared_memory_region"].string_param = "r"
+        tensor.parameters["shared_memory_byte_size"].int64_param = 12
         error = refused(request)
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "input 'INPUT0': shared memory is not supported over gRPC" in error.details()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input 'INPUT0': shared memory region 'r' is not registered" in error.details()
+
+
+@scenario
+def shm(address: str, url: str) -> None:
+    """System shared memory through tritonclient.grpc and tritonclient.utils.shared_memory:
+    every datatype's tensor in and out of regions equals the inline answer; a region too
+    small for an output is INVALID_ARGUMENT naming it."""
+    import os
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import serialize_byte_tensor
+
+    client = grpcclient.InferenceServerClient(address)
+    prefix = f"/cinfer-grpc-{os.getpid()}"
+    handles = [shm.create_shared_memory_region(n, f"{prefix}-{n}", 1024) for n in ("in", "out")]
+    try:
+        for name in ("in", "out"):
+            client.register_system_shared_memory(name, f"{prefix}-{name}", 1024)
+        status = client.get_system_shared_memory_status(as_json=True)["regions"]
+        assert sorted(status) == ["in", "out"], status
+        for datatype in ("FP32", "INT64", "BOOL", "FP16", "BYTES"):
+            data = SAMPLES[datatype]
+            payload = serialize_byte_tensor(data) if datatype == "BYTES" else data
+            size = len(payload.item()) if datatype == "BYTES" else data.nbytes
+            shm.set_shared_memory_region(handles[0], [payload], offset=8)
+            sent = grpcclient.InferInput("INPUT0", list(data.shape), datatype)
+            sent.set_shared_memory("in", size, offset=8)
+            wanted = grpcclient.InferRequestedOutput("OUTPUT0")
+            wanted.set_shared_memory("out", 1024)
+            model = f"identity_{datatype.lower()}"
+            result = client.infer(model, [sent], outputs=[wanted]).get_output("OUTPUT0")
+            assert result.parameters["shared_memory_region"].string_param == "out"
+            written = result.parameters["shared_memory_byte_size"].int64_param
+            assert written == size, (datatype, written, size)
+            got = shm.get_contents_as_numpy(handles[1], data.dtype, list(data.shape))
+            inline = grpcclient.InferInput("INPUT0", list(data.shape), datatype)
+            inline.set_data_from_numpy(data)
+            expected = client.infer(model, [inline]).as_numpy("OUTPUT0")
+            np.testing.assert_array_equal(got, expected)
+        small = grpcclient.InferRequestedOutput("OUTPUT0")
+        small.set_shared_memory("out", 4)
+        inline = grpcclient.InferInput("INPUT0", [2, 3], "FP32")
+        inline.set_data_from_numpy(SAMPLES["FP32"])
+        error = triton_error(lambda: client.infer("identity_fp32", [inline], outputs=[small]))
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+        assert "output 'OUTPUT0': 24 bytes do not fit" in error.message()
+        client.unregister_system_shared_memory("in")
+        assert list(client.get_system_shared_memory_status(as_json=True)["regions"]) == ["out"]
+        client.unregister_system_shared_memory()
+        assert client.get_system_shared_memory_status(as_json=True) == {}
+    finally:
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)
 
 
 @scenario

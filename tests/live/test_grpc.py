@@ -64,7 +64,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
         yield f"127.0.0.1:{port}", url
 
 
-@pytest.mark.parametrize("scenario", ["rpcs", "datatypes", "typed", "errors", "aio", "kserve"])
+@pytest.mark.parametrize(
+    "scenario", ["rpcs", "datatypes", "typed", "shm", "errors", "aio", "kserve"]
+)
 def test_real_clients(served: tuple[str, str], scenario: str) -> None:
     client(scenario, *served)
 
