@@ -154,9 +154,10 @@ class Regions:
                 "host (create it first, e.g. tritonclient.utils.shared_memory."
                 "create_shared_memory_region)"
             ) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a name the OS cannot take
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise InvalidRequest(
-                f"shared memory region '{name}': segment {key!r} cannot be opened: {exc.strerror}"
+                f"shared memory region '{name}': segment {key!r} cannot be opened: {reason}"
             ) from None
         try:
             size = os.fstat(fd).st_size
@@ -165,7 +166,12 @@ class Regions:
                     f"shared memory region '{name}': offset {offset} + byte_size {byte_size} "
                     f"runs past the end of segment {key!r} ({size} bytes)"
                 )
-            segment = mmap.mmap(fd, size)
+            try:
+                segment = mmap.mmap(fd, size)
+            except (OSError, ValueError) as exc:
+                raise InvalidRequest(
+                    f"shared memory region '{name}': segment {key!r} cannot be mapped: {exc}"
+                ) from None
         finally:
             os.close(fd)
         region = Region(Status(name, key, offset, byte_size), segment)

@@ -59,9 +59,9 @@ async def read_body(request: Request, limit: int, too_large: str | None = None) 
 async def read_json(request: Request, model: type[wire.Wire], limit: int) -> Any:
     """The body validated as `model`; an empty body is `model()`; a 400 names each problem."""
     body = await read_body(request, limit)
-    if not body.strip():
-        return model()
     try:
+        if not body.strip():
+            return model()  # a model with required fields refuses it, naming them
         return model.model_validate_json(body)
     except ValidationError as exc:
         problems = "; ".join(
