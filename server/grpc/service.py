@@ -61,25 +61,29 @@ class InferenceService:
 
     # -- access ---------------------------------------------------------------------------
 
-    async def _admit(self, context: Context, need: Need) -> tuple[Grant, float, float, str]:
-        """The caller's grant for `need` (its arrival time, clock and address), or the call
-        ends with the refusal's status."""
+    async def _grant(self, context: Context, need: Need) -> tuple[Grant, float, float, str]:
+        """The caller's grant for `need` (its arrival time, clock and address); the refusal
+        (a CinferError, counted and logged) otherwise."""
         admission = self.admission
         assert admission is not None
         start = time.perf_counter()
         now = admission.guard.clock()
         address = peer_address(context.peer())
         try:
-            try:
-                credentials = self._credentials(context)
-            except CinferError as exc:
-                admission.refused(now, address, exc)
-                raise
-            grant = await admission.admit(credentials, need, address, now, start)
+            credentials = self._credentials(context)
+        except CinferError as exc:
+            admission.refused(now, address, exc)
+            raise
+        grant = await admission.admit(credentials, need, address, now, start)
+        return grant, start, now, address
+
+    async def _admit(self, context: Context, need: Need) -> tuple[Grant, float, float, str]:
+        """`_grant`, or the call ends with the refusal's status."""
+        try:
+            return await self._grant(context, need)
         except CinferError as exc:
             await abort(context, exc, need.target)
             raise  # abort raises; for the type checker
-        return grant, start, now, address
 
     @staticmethod
     def _credentials(context: Context) -> str | None:
@@ -246,34 +250,10 @@ class InferenceService:
     # -- inference ------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
-        model = request.model_name
-        regions = self.dataplane.regions
-        version = request.model_version or None
-        if self.admission is None:
-            try:
-                return await self.dataplane.exchange(
-                    model, version, lambda: codec.decode(request, regions), codec.encode
-                )
-            except Exception as exc:
-                await abort(context, exc, f"ModelInfer {model}")
-        admission = self.admission
-        need = Need(("infer",), f"ModelInfer {model}", model, version, infer=True)
-        grant, start, now, address = await self._admit(context, need)
-        status = 499
         try:
-            answer = await self.dataplane.exchange(
-                model, version, lambda: codec.decode(request, regions), codec.encode
-            )
-            status = 200
-            return answer
-        except CinferError as exc:
-            status = exc.status_code
-            await abort(context, exc, need.target)
+            return await self._infer(request, context, "ModelInfer")
         except Exception as exc:
-            status = 500
-            await abort(context, exc, need.target)
-        finally:
-            admission.done(grant, need, status, start, now, address)
+            await abort(context, exc, f"ModelInfer {request.model_name}")
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -282,7 +262,7 @@ class InferenceService:
         error_message and the stream goes on (as Triton's does)."""
         async for request in request_iterator:
             try:
-                answer = await self._stream_one(request, context)
+                answer = await self._infer(request, context, "ModelStreamInfer")
             except CinferError as exc:
                 yield pb.ModelStreamInferResponse(error_message=exc.message)
                 continue
@@ -294,37 +274,34 @@ class InferenceService:
                 continue
             yield pb.ModelStreamInferResponse(infer_response=answer)
 
-    async def _stream_one(self, request: pb.ModelInferRequest, context: Context) -> Any:
+    async def _infer(self, request: pb.ModelInferRequest, context: Context, rpc: str) -> Any:
+        """One inference through the DataPlane, admitted and logged in the usage log when
+        tokens are on; raises what refused or failed it (each RPC answers that its way)."""
         model = request.model_name
-        regions = self.dataplane.regions
         version = request.model_version or None
-        if self.admission is not None:
-            need = Need(("infer",), f"ModelStreamInfer {model}", model, version, infer=True)
-            admission = self.admission
-            start = time.perf_counter()
-            now = admission.guard.clock()
-            address = peer_address(context.peer())
-            try:
-                credentials = self._credentials(context)
-            except CinferError as exc:
-                admission.refused(now, address, exc)
-                raise
-            grant = await admission.admit(credentials, need, address, now, start)
+        regions = self.dataplane.regions
+
+        def decode() -> Any:
+            return codec.decode(request, regions)
+
+        admission = self.admission
+        if admission is None:
+            return await self.dataplane.exchange(model, version, decode, codec.encode)
+        need = Need(("infer",), f"{rpc} {model}", model, version, infer=True)
+        grant, start, now, address = await self._grant(context, need)
+        status = 499  # until answered: a call cancelled meanwhile is the client's going
+        try:
+            answer = await self.dataplane.exchange(model, version, decode, codec.encode)
+            status = 200
+            return answer
+        except CinferError as exc:
+            status = exc.status_code
+            raise
+        except Exception:
             status = 500
-            try:
-                answer = await self.dataplane.exchange(
-                    model, version, lambda: codec.decode(request, regions), codec.encode
-                )
-                status = 200
-                return answer
-            except CinferError as exc:
-                status = exc.status_code
-                raise
-            finally:
-                admission.done(grant, need, status, start, now, address)
-        return await self.dataplane.exchange(
-            model, version, lambda: codec.decode(request, regions), codec.encode
-        )
+            raise
+        finally:
+            admission.done(grant, need, status, start, now, address)
 
     # -- not served -----------------------------------------------------------------------
 
