@@ -187,11 +187,12 @@ class Regions:
         """Unregister one region (a name that is not registered is fine, as for Triton), or
         every region (None)."""
         with self._lock:
-            gone = list(self._regions.values()) if name is None else [
-                r for r in (self._regions.pop(name, None),) if r is not None
-            ]  # fmt: skip
             if name is None:
+                gone = list(self._regions.values())
                 self._regions.clear()
+            else:
+                found = self._regions.pop(name, None)
+                gone = [found] if found is not None else []
         for region in gone:
             region.close()
 
