@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 
 from ..dataplane import DataPlane
+from .calls import CallContext as Context
 from .generated import health_pb2 as pb
 
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 SERVICES = ("", "inference.GRPCInferenceService")
 Status = pb.HealthCheckResponse.ServingStatus
 

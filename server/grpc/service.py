@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import unquote
 
 import grpc
@@ -29,11 +29,10 @@ from ..auth.grant import Grant, Need
 from ..dataplane import DataPlane
 from ..errors import CinferError, InvalidRequest, NotFound, Unauthorized
 from . import codec
+from .calls import CallContext as Context
 from .generated import grpc_service_pb2 as pb
 from .generated import model_config_pb2 as config_pb
 from .status import abort
-
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("cinfer")
 

@@ -12,11 +12,12 @@ logged with its traceback, answered INTERNAL without detail.
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 
 from ..errors import CinferError
+from .calls import CallContext
 
 log = logging.getLogger("cinfer")
 
@@ -37,9 +38,7 @@ def code(exc: CinferError) -> grpc.StatusCode:
     return CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
 
 
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, what: str
-) -> NoReturn:
+async def abort(context: CallContext, exc: BaseException, what: str) -> NoReturn:
     """End the call with the status `exc` stands for (never returns)."""
     if isinstance(exc, CinferError):
         if exc.headers and "Retry-After" in exc.headers:
