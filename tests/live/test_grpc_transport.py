@@ -56,6 +56,14 @@ def echo(values: np.ndarray, name: str) -> pb.ModelInferRequest:
     return request
 
 
+def slow_request() -> pb.ModelInferRequest:
+    """A request to `slow`, which waits in its queue for 3 s."""
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 512])
+    request.raw_input_contents.append(np.zeros((1, 512), np.float32).tobytes())
+    return request
+
+
 def test_messages_larger_than_every_window_go_both_ways(address: str, input_name: str) -> None:
     """12 MB in and out: past the client's 64 KiB initial windows, our 4 MiB stream window and
     1 MiB frames, so every frame, WINDOW_UPDATE and blocked send is exercised."""
@@ -92,13 +100,10 @@ def test_compressed_requests(address: str, input_name: str, compression: grpc.Co
 
 
 def test_deadline_exceeded_then_served(address: str, input_name: str) -> None:
-    request = pb.ModelInferRequest(model_name="slow")
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 512])
-    request.raw_input_contents.append(np.zeros((1, 512), np.float32).tobytes())
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.ModelInfer(request, timeout=0.3)
+            stub.ModelInfer(slow_request(), timeout=0.3)
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         small = np.ones((1, 4), np.float32)
         np.testing.assert_array_equal(answer(stub.ModelInfer(echo(small, input_name))), small)
@@ -111,10 +116,7 @@ def test_many_calls_on_one_connection_and_a_cancelled_one(address: str, input_na
     async def run() -> None:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            slow = pb.ModelInferRequest(model_name="slow")
-            slow.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 512])
-            slow.raw_input_contents.append(np.zeros((1, 512), np.float32).tobytes())
-            cancelled = stub.ModelInfer(slow, timeout=30)
+            cancelled = stub.ModelInfer(slow_request(), timeout=30)
             rows = [np.full((1, 3 + i % 5), i, np.float32) for i in range(200)]
             calls = [stub.ModelInfer(echo(row, input_name), timeout=30) for row in rows]
             cancelled.cancel()
