@@ -72,6 +72,8 @@ class ModelVersion:
     """Its image inputs (images.py): files in, the model's tensors out; None without."""
     labels: dict[str, list[str]] = field(default_factory=dict)
     """Output -> its class labels ([labels] in model.toml), for the classification extension."""
+    pipeline: bool = False
+    """engine = "pipeline": no pool; READY while its steps are (pipelines.refresh)."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -227,6 +229,11 @@ def load_version(
     when the engine computes in threads of its own (affinity.py).
     """
     started = time.perf_counter()
+    if source.config.engine == "pipeline":  # no file, no engine: its steps run it
+        loaded = ModelVersion(source.name, version, source.versions[version], source.config)
+        loaded.pipeline = True
+        loaded.state = ModelState.READY
+        return loaded
     engine, effective = open_engine(source, version)
     config = source.config
     try:

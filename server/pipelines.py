@@ -10,10 +10,14 @@ those whose inputs are all available can run together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from .errors import ConfigError
+from .errors import CinferError, ConfigError, Unavailable
+from .inference import InferInput, InferRequest, InferResponse
 from .model_config import ModelConfig, Step, TensorSpec
+from .models import Model, ModelState, ModelVersion
 
 
 def _split(ref: str) -> tuple[str, str] | None:
@@ -127,3 +131,73 @@ def waves(steps: tuple[Step, ...]) -> list[list[Step]]:
         done.update(s.name for s in ready)
         left = [s for s in left if s.name not in done]
     return groups
+
+
+def refresh(models: Mapping[str, Model]) -> None:
+    """Set every pipeline version READY or UNAVAILABLE (with why) from its steps' states and
+    configs now; the reconciler calls it after every change, so a pipeline whose step comes
+    back becomes READY by itself."""
+    for model in list(models.values()):
+        for version in model.versions.values():
+            if version.pipeline:
+                reason = _why_not_ready(version, models)
+                version.state = ModelState.UNAVAILABLE if reason else ModelState.READY
+                version.reason = reason
+
+
+def _why_not_ready(version: ModelVersion, models: Mapping[str, Model]) -> str:
+    configs: dict[str, ModelConfig] = {}
+    for step in version.config.steps:
+        at = f"step '{step.name}': model '{step.model}'"
+        model = models.get(step.model)
+        if model is None:
+            return f"{at} is not in the repository"
+        try:
+            found = model.get(None if step.version is None else str(step.version))
+        except CinferError as exc:
+            return f"{at} is not ready ({exc})"
+        if not found.ready:
+            return f"{at} is not ready ({found.state.value}{': ' if found.reason else ''}" + (
+                f"{found.reason})"
+            )
+        configs[step.name] = found.config
+    try:
+        check(version.name, version.config, configs)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+Infer = Callable[[str, str | None, InferRequest], Awaitable[InferResponse]]
+
+
+async def run(
+    infer: Infer, models: Mapping[str, Model], version: ModelVersion, arrays: dict[str, Any]
+) -> dict[str, Any]:
+    """Run pipeline `version` on `arrays` (its inputs, checked): each wave's steps at once,
+    each through `infer` (the DataPlane's, so the step model batches, counts and logs the
+    request as any other); a step output goes on to the next step as the array it is."""
+    values: dict[str, Any] = dict(arrays)
+    for wave in waves(version.config.steps):
+        answers = await asyncio.gather(*(_step(infer, models, s, values) for s in wave))
+        for step, outputs in zip(wave, answers, strict=True):
+            for key, array in outputs.items():
+                values[f"{step.name}.{key}"] = array
+    return {out.name: values[out.source] for out in version.config.outputs or () if out.source}
+
+
+async def _step(
+    infer: Infer, models: Mapping[str, Model], step: Step, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    wanted = None if step.version is None else str(step.version)
+    try:
+        specs = {t.name: t for t in models[step.model].get(wanted).config.inputs or ()}
+        request = InferRequest(
+            [InferInput(k, specs[k].datatype, values[ref]) for k, ref in step.inputs.items()]
+        )
+        return (await infer(step.model, wanted, request)).outputs
+    except KeyError as exc:  # the step model went away since the pipeline was checked
+        raise Unavailable(f"step '{step.name}' (model {step.model}): not ready") from exc
+    except CinferError as exc:
+        failure = type(exc)(f"step '{step.name}' (model {step.model}): {exc.message}")
+        raise failure from exc

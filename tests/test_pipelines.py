@@ -3,12 +3,21 @@ models' real model.toml configs, and ordered into concurrent waves."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from server import configfile
-from server.errors import ConfigError
+from server.dataplane import DataPlane
+from server.errors import ConfigError, InvalidRequest, Unavailable
+from server.inference import InferInput, InferRequest
 from server.model_config import ModelConfig
+from server.models import ModelState
 from server.pipelines import check, waves
+from server.reconciler import Reconciler
+from tests import onnx_models
 
 TINY = """\
 engine = "onnxruntime"
@@ -143,3 +152,124 @@ def test_model_toml_rules(text: str, message: str) -> None:
 def test_from_is_only_for_pipelines() -> None:
     with pytest.raises(ConfigError, match=r"'OUTPUT0': from = \.\.\. is for engine"):
         parse(TINY + 'from = "a.B"\n')
+
+
+# -- run by a real DataPlane over real ONNX models ------------------------------------------
+
+LIVE = """\
+engine = "pipeline"
+max_batch_size = 8
+[[inputs]]
+name = "X"
+datatype = "FP32"
+shape = [16]
+[[steps]]
+name = "a"
+model = "tiny"
+inputs = { INPUT0 = "X" }
+[[steps]]
+name = "b"
+model = "other"
+inputs = { INPUT0 = "X" }
+[[steps]]
+name = "c"
+model = "add_sub"
+inputs = { A = "a.OUTPUT0", B = "b.OUTPUT0" }
+[[outputs]]
+name = "Y"
+datatype = "FP32"
+shape = [16]
+from = "c.DIFF"
+"""
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[DataPlane]:
+    """tiny and other (dense 16 -> 16, two seeds), add_sub (16 wide, max_batch_size 4) and
+    the pipeline `p` = tiny(X) - other(X), its version folder empty."""
+    root = tmp_path / "models"
+    batched = 'engine = "onnxruntime"\nmax_batch_size = 8\n'
+    onnx_models.dense_folder(root, "tiny", batched, seed=0)
+    onnx_models.dense_folder(root, "other", batched, seed=1)
+    built = onnx_models.add_sub(tmp_path / "built" / "model.onnx", width=16)
+    onnx_models.model_folder(
+        root, "add_sub", 'engine = "onnxruntime"\nmax_batch_size = 4\n', {1: built}
+    )
+    (onnx_models.model_folder(root, "p", LIVE) / "1").mkdir()
+    dataplane = DataPlane(Reconciler(root), "startup", 50)
+    await dataplane.start()
+    try:
+        await dataplane.wait_ready()
+        yield dataplane
+    finally:
+        await dataplane.stop()
+
+
+def x(rows: int) -> InferRequest:
+    data = np.random.default_rng(rows).standard_normal((rows, 16)).astype(np.float32)
+    return InferRequest([InferInput("X", "FP32", data)])
+
+
+async def direct(dataplane: DataPlane, model: str, name: str, array: np.ndarray) -> np.ndarray:
+    answer = await dataplane.infer(model, None, InferRequest([InferInput(name, "FP32", array)]))
+    return answer.outputs["OUTPUT0"]
+
+
+async def success(dataplane: DataPlane, model: str) -> tuple[int, int]:
+    stats = (await dataplane.model_statistics(model, None))["model_stats"][0]["inference_stats"]
+    return stats["success"]["count"], stats["fail"]["count"]
+
+
+@pytest.mark.anyio
+async def test_a_pipeline_runs_its_steps_through_the_dataplane(plane: DataPlane) -> None:
+    request = x(3)
+    answer = await plane.infer("p", None, request)
+    assert (answer.model_name, list(answer.outputs), answer.rows) == ("p", ["Y"], 3)
+    data = request.inputs[0].array
+    want = await direct(plane, "tiny", "INPUT0", data) - await direct(
+        plane, "other", "INPUT0", data
+    )
+    np.testing.assert_allclose(answer.outputs["Y"], want, rtol=1e-6)
+    # The pipeline counts its request once; each step model counts the step's request.
+    assert await success(plane, "p") == (1, 0)
+    assert await success(plane, "tiny") == (2, 0) and await success(plane, "add_sub") == (1, 0)
+    metadata = plane.model_metadata("p", None)
+    assert metadata["state"] == "READY" and metadata["inputs"][0]["shape"] == [-1, 16]
+
+
+@pytest.mark.anyio
+async def test_a_failing_step_is_named_and_the_pipeline_counts_one_failure(
+    plane: DataPlane,
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"^step 'c' \(model add_sub\): input 'A': batch"):
+        await plane.infer("p", None, x(6))  # add_sub takes 4 rows at most
+    assert await success(plane, "p") == (0, 1)
+    with pytest.raises(InvalidRequest, match="input 'X'"):  # checked before any step runs
+        await plane.infer("p", None, InferRequest([InferInput("X", "FP32", np.ones((1, 3)))]))
+    assert await success(plane, "p") == (0, 2)
+    assert await success(plane, "tiny") == (1, 0)  # the 6 rows ran step a, not the 3 wide
+
+
+@pytest.mark.anyio
+async def test_a_step_unloaded_and_reloaded(plane: DataPlane) -> None:
+    await plane.unload_model("other")
+    found = plane.version("p", None)
+    assert found.state is ModelState.UNAVAILABLE
+    assert found.reason.startswith("step 'b': model 'other' is not in the repository")
+    with pytest.raises(Unavailable, match="step 'b': model 'other'"):
+        await plane.infer("p", None, x(1))
+    await plane.load_model("other", None)
+    assert plane.model_ready("p", None)
+    assert (await plane.infer("p", None, x(2))).rows == 2
+
+
+@pytest.mark.anyio
+async def test_a_pipeline_whose_wiring_does_not_fit_its_steps_is_unavailable_with_why(
+    plane: DataPlane,
+) -> None:
+    folder = plane.reconciler.root / "p"
+    (folder / "model.toml").write_text(LIVE.replace("shape = [16]", "shape = [8]", 1))
+    await plane.load_model("p", None)
+    found = plane.version("p", None)
+    assert found.state is ModelState.UNAVAILABLE
+    assert "step 'a': inputs.INPUT0 = 'X': shape [-1, 8] does not fit [-1, 16]" in found.reason
