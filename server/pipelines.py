@@ -201,3 +201,12 @@ async def _step(
     except CinferError as exc:
         failure = type(exc)(f"step '{step.name}' (model {step.model}): {exc.message}")
         raise failure from exc
+
+
+def step_models(models: Mapping[str, Model], name: str) -> tuple[str, ...]:
+    """The models the versions of pipeline `name` run as steps; () for any other model."""
+    model = models.get(name)
+    if model is None:
+        return ()
+    found = {s.model: None for v in model.versions.values() if v.pipeline for s in v.config.steps}
+    return tuple(found)
