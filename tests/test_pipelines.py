@@ -3,6 +3,7 @@ models' real model.toml configs, and ordered into concurrent waves."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from server.models import ModelState
 from server.pipelines import check, waves
 from server.reconciler import Reconciler
 from tests import onnx_models
+from tests.conftest import eventually, held
 
 TINY = """\
 engine = "onnxruntime"
@@ -273,3 +275,16 @@ async def test_a_pipeline_whose_wiring_does_not_fit_its_steps_is_unavailable_wit
     found = plane.version("p", None)
     assert found.state is ModelState.UNAVAILABLE
     assert "step 'a': inputs.INPUT0 = 'X': shape [-1, 8] does not fit [-1, 16]" in found.reason
+
+
+@pytest.mark.anyio
+async def test_independent_steps_run_concurrently(plane: DataPlane) -> None:
+    # Step a is held inside tiny's engine; step b (other) runs and finishes meanwhile.
+    tiny = plane.version("tiny", None).pool
+    assert tiny is not None
+    with held(tiny) as running:
+        answer = asyncio.ensure_future(plane.infer("p", None, x(2)))
+        await eventually(running.is_set, "step a inside tiny's engine")
+        await eventually(lambda: plane.version("other", None).requests.success == 1, "step b done")
+        assert not answer.done()
+    assert (await answer).rows == 2
