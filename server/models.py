@@ -25,7 +25,7 @@ from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable, show
 from .images import DEFAULT_MAX_PIXELS, Images
 from .inference import InferInput, InferRequest
-from .model_config import ModelConfig
+from .model_config import ModelConfig, Step
 from .repository import Fingerprint, ModelSource
 from .scheduler import Completions, InstancePool
 
@@ -74,6 +74,8 @@ class ModelVersion:
     """Output -> its class labels ([labels] in model.toml), for the classification extension."""
     pipeline: bool = False
     """engine = "pipeline": no pool; READY while its steps are (pipelines.refresh)."""
+    waves: tuple[tuple[Step, ...], ...] = ()
+    """A pipeline's steps in groups that run concurrently (pipelines.waves, set by refresh)."""
 
     def __post_init__(self) -> None:
         config = self.config

@@ -141,6 +141,8 @@ def refresh(models: Mapping[str, Model]) -> None:
         for version in model.versions.values():
             if version.pipeline:
                 reason = _why_not_ready(version, models)
+                if not reason and not version.waves:
+                    version.waves = tuple(tuple(w) for w in waves(version.config.steps))
                 version.state = ModelState.UNAVAILABLE if reason else ModelState.READY
                 version.reason = reason
 
@@ -178,8 +180,11 @@ async def run(
     each through `infer` (the DataPlane's, so the step model batches, counts and logs the
     request as any other); a step output goes on to the next step as the array it is."""
     values: dict[str, Any] = dict(arrays)
-    for wave in waves(version.config.steps):
-        answers = await asyncio.gather(*(_step(infer, models, s, values) for s in wave))
+    for wave in version.waves:
+        if len(wave) == 1:  # no task to create for a step that runs alone
+            answers = [await _step(infer, models, wave[0], values)]
+        else:
+            answers = await asyncio.gather(*(_step(infer, models, s, values) for s in wave))
         for step, outputs in zip(wave, answers, strict=True):
             for key, array in outputs.items():
                 values[f"{step.name}.{key}"] = array
