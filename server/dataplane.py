@@ -50,6 +50,7 @@ PLATFORMS = {
     "onnxruntime": ("onnxruntime_onnx", "onnxruntime"),
     "openvino": ("openvino", "openvino"),
     "torch": ("pytorch_libtorch", "pytorch"),
+    "pipeline": ("ensemble", "ensemble"),  # Triton's name for models run as steps of one
 }
 
 
