@@ -197,9 +197,11 @@ async def _step(
     wanted = None if step.version is None else str(step.version)
     try:
         specs = {t.name: t for t in models[step.model].get(wanted).config.inputs or ()}
-        request = InferRequest(
-            [InferInput(k, specs[k].datatype, values[ref]) for k, ref in step.inputs.items()]
-        )
+        inputs = [InferInput(k, specs[k].datatype, values[ref]) for k, ref in step.inputs.items()]
+        # The step's model checks each layout once (ModelVersion.check): the same names,
+        # datatypes and shapes make the same signature, as the REST codec's binary headers do.
+        layout = tuple((t.name, t.datatype, t.array.shape, t.array.dtype.str) for t in inputs)
+        request = InferRequest(inputs, signature=("step", step.name, layout))
         return (await infer(step.model, wanted, request)).outputs
     except KeyError as exc:  # the step model went away since the pipeline was checked
         raise Unavailable(f"step '{step.name}' (model {step.model}): not ready") from exc
