@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from . import __version__, decoding, statistics, wire
+from . import __version__, decoding, pipelines, statistics, wire
 from .cache import ResponseCache
 from .classification import classify
 from .counters import failure_reason
@@ -50,6 +50,7 @@ PLATFORMS = {
     "onnxruntime": ("onnxruntime_onnx", "onnxruntime"),
     "openvino": ("openvino", "openvino"),
     "torch": ("pytorch_libtorch", "pytorch"),
+    "pipeline": ("ensemble", "ensemble"),  # Triton's name for models run as steps of one
 }
 
 
@@ -219,13 +220,7 @@ class DataPlane:
     def serving(self, name: str, version: str | None) -> tuple[ModelVersion, InstancePool]:
         """The version a request goes to and its pool; 404 / 503 when there is none."""
         found = self.reconciler.get(name).get(version)
-        pool = found.pool
-        if pool is None or found.state is not ModelState.READY:
-            raise Unavailable(
-                f"model '{name}' version {found.version} is {found.state.value}"
-                + (f": {found.reason}" if found.reason else "")
-            )
-        return found, pool
+        return found, _pool(found)
 
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         """Check `request` against the model's schema, run it, count it: the one infer path.
@@ -254,7 +249,10 @@ class DataPlane:
         engine; a hit is a success counted in cache_hit, not in queue or compute.
         """
         start = time.perf_counter_ns()
-        found, pool = self.serving(model, version)
+        found = self.reconciler.get(model).get(version)
+        if found.pipeline:
+            return await self._pipeline(found, decode, encode, start)
+        pool = _pool(found)
         requests = found.requests
         # A foreign exception is the engine's only while it runs; one from decoding, checking
         # or encoding is a bug of ours, not a backend failure (issue 11: a body that crashed
@@ -311,6 +309,42 @@ class DataPlane:
             raise
         except Exception:
             requests.failed(unexpected, time.perf_counter_ns() - start)
+            raise
+        done = time.perf_counter_ns()
+        requests.decode_ns += decoded - start
+        requests.encode_ns += done - ran
+        requests.succeeded(done - start)
+        return answer
+
+    async def _pipeline(
+        self,
+        found: ModelVersion,
+        decode: Callable[[], InferRequest],
+        encode: Callable[[InferResponse], T],
+        start: int,
+    ) -> T:
+        """A pipeline's request: checked against its inputs, its steps run through `infer`
+        (pipelines.py), and counted once, as a whole, in the pipeline's statistics."""
+        requests = found.requests
+        try:
+            if not found.ready:
+                raise _unavailable(found)
+            request = decode()
+            check_target(request, found)
+            arrays, outputs, rows = found.check(request)
+            decoded = time.perf_counter_ns()
+            results = await pipelines.run(self.infer, self.reconciler.models, found, arrays)
+            ran = time.perf_counter_ns()
+            chosen = {name: results[name] for name in outputs}
+            answer = encode(InferResponse(found.name, str(found.version), chosen, request, rows))
+        except CinferError as exc:
+            requests.failed(failure_reason(exc), time.perf_counter_ns() - start)
+            raise
+        except asyncio.CancelledError:
+            requests.failed("CANCELED", time.perf_counter_ns() - start)
+            raise
+        except Exception:
+            requests.failed("OTHER", time.perf_counter_ns() - start)
             raise
         done = time.perf_counter_ns()
         requests.decode_ns += decoded - start
@@ -385,6 +419,22 @@ def _instance_group(name: str, config: ModelConfig) -> wire.InstanceGroup:
         gpus = [int(index.group(1)) if index else 0]
         return {"name": name, "kind": "KIND_GPU", "count": config.instances, "gpus": gpus}
     return {"name": name, "kind": "KIND_CPU", "count": config.instances, "gpus": []}
+
+
+def _pool(found: ModelVersion) -> InstancePool:
+    """The pool of a READY version; 503 with why otherwise."""
+    if found.pipeline:  # its steps have the pools: it answers infer requests only
+        raise Unavailable(f"model '{found.name}' is a pipeline: send it infer requests")
+    if found.pool is None or found.state is not ModelState.READY:
+        raise _unavailable(found)
+    return found.pool
+
+
+def _unavailable(found: ModelVersion) -> Unavailable:
+    return Unavailable(
+        f"model '{found.name}' version {found.version} is {found.state.value}"
+        + (f": {found.reason}" if found.reason else "")
+    )
 
 
 def _tensor(shape: tuple[int, ...], name: str, datatype: str) -> wire.Tensor:

@@ -1,6 +1,6 @@
 """model.toml: what a model folder declares, as pydantic models with unknown keys rejected.
 
-engine = "onnxruntime"       # required: onnxruntime | openvino | torch
+engine = "onnxruntime"       # required: onnxruntime | openvino | torch | pipeline
 max_batch_size = 32          # 0 = no implicit batch dimension
 instances = 2
 device = "cpu"               # cpu | cuda | cuda:N | auto | an OpenVINO device name (GPU, ...)
@@ -9,6 +9,7 @@ device = "cpu"               # cpu | cuda | cuda:N | auto | an OpenVINO device n
 [version_policy]             # latest = N | all = true | specific = [..]
 [cache]                      # enabled = true: the same request answered from the cache
 [parameters]                 # engine options
+[[steps]]                    # engine = "pipeline" only: the models it runs (pipelines.py)
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class TensorSpec(Strict):
     datatype: Datatype
     shape: tuple[Dim, ...]
     """Dimensions; -1 means any size."""
+    source: str | None = Field(None, alias="from")
+    """A pipeline's output only: the step output it is, as "step.OUTPUT" (docs/engines.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _no_zero_dims(self) -> TensorSpec:
@@ -147,6 +152,18 @@ class Cache(Strict):
     enabled: bool = False
 
 
+class Step(Strict):
+    """``[[steps]]`` of a pipeline: one model it runs, and where each of its inputs comes from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """The step's name: its outputs are "<name>.<OUTPUT>" to later steps and [[outputs]]."""
+    model: str = Field(min_length=1)
+    version: int | None = Field(None, ge=0)
+    """A fixed version of the model; none: its highest READY version, as requests get."""
+    inputs: dict[str, str]
+    """The model's input -> a pipeline input's name or an earlier step's "step.OUTPUT"."""
+
+
 LABELS_FILE = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 ParameterValue = str | int | float | bool
@@ -183,6 +200,8 @@ class ModelConfig(Strict):
     classification extension: docs/images.md)."""
     cache: Cache = Cache()
     """The response cache: a request answered before is answered again without the engine."""
+    steps: tuple[Step, ...] = ()
+    """engine = "pipeline": the models it runs, each input mapped (pipelines.py)."""
 
     @field_validator("device")
     @classmethod
@@ -221,6 +240,16 @@ class ModelConfig(Strict):
         unknown = sorted(set(self.images) - declared) if self.inputs else []
         if unknown:
             raise ValueError(f"images.{unknown[0]}: no input of that name is declared")
+        pipeline = self.engine == "pipeline"
+        if pipeline != bool(self.steps):
+            raise ValueError('[[steps]] are for engine = "pipeline", which needs at least one')
+        for t in self.outputs or ():
+            if (t.source is None) == pipeline:
+                raise ValueError(
+                    f"outputs: '{t.name}' needs from = \"step.OUTPUT\" (a pipeline's output)"
+                    if pipeline
+                    else f"outputs: '{t.name}': from = ... is for engine = \"pipeline\""
+                )
         if self.file is not None and (
             "/" in self.file or "\\" in self.file or self.file in ("", ".", "..")
         ):

@@ -25,7 +25,7 @@ from .engines import Engine, LoadOptions, cpu_count, engine_class
 from .errors import CinferError, InvalidRequest, ModelLoadError, NotFound, Unavailable, show
 from .images import DEFAULT_MAX_PIXELS, Images
 from .inference import InferInput, InferRequest
-from .model_config import ModelConfig
+from .model_config import ModelConfig, Step
 from .repository import Fingerprint, ModelSource
 from .scheduler import Completions, InstancePool
 
@@ -72,6 +72,10 @@ class ModelVersion:
     """Its image inputs (images.py): files in, the model's tensors out; None without."""
     labels: dict[str, list[str]] = field(default_factory=dict)
     """Output -> its class labels ([labels] in model.toml), for the classification extension."""
+    pipeline: bool = False
+    """engine = "pipeline": no pool; READY while its steps are (pipelines.refresh)."""
+    waves: tuple[tuple[Step, ...], ...] = ()
+    """A pipeline's steps in groups that run concurrently (pipelines.waves, set by refresh)."""
 
     def __post_init__(self) -> None:
         config = self.config
@@ -227,6 +231,11 @@ def load_version(
     when the engine computes in threads of its own (affinity.py).
     """
     started = time.perf_counter()
+    if source.config.engine == "pipeline":  # no file, no engine: its steps run it
+        loaded = ModelVersion(source.name, version, source.versions[version], source.config)
+        loaded.pipeline = True
+        loaded.state = ModelState.READY
+        return loaded
     engine, effective = open_engine(source, version)
     config = source.config
     try:

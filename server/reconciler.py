@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import pipelines
 from .errors import ConfigError, ModelLoadError, NotFound
 from .heap import Collector, give_back_freed_memory
 from .images import DEFAULT_MAX_PIXELS
@@ -140,13 +141,17 @@ class Reconciler:
     async def reconcile(self, name: str) -> Outcome:
         """Make what is loaded for `name` match its folder (see the module docstring)."""
         async with self._lock(name):
-            return await self._reconcile(name)
+            outcome = await self._reconcile(name)
+        pipelines.refresh(self.models)
+        return outcome
 
     async def load(self, name: str) -> Outcome:
         """The load API: re-read the folder and apply it; ends an explicit unload."""
         async with self._lock(name):
             self._unloaded.pop(name, None)
-            return await self._reconcile(name)
+            outcome = await self._reconcile(name)
+        pipelines.refresh(self.models)
+        return outcome
 
     async def changed(self, name: str, at: float) -> None:
         """The watcher: the folder of `name` changed (last event at loop time `at`) and has
@@ -161,6 +166,7 @@ class Reconciler:
                 await self._reconcile(name)
             except Exception:
                 log.exception("model %s: reconciling the folder failed unexpectedly", name)
+        pipelines.refresh(self.models)
 
     async def unload(self, name: str) -> None:
         """The unload API: stop routing to a model, let its requests finish, free its engines.
@@ -173,6 +179,7 @@ class Reconciler:
             self._unloaded[name] = self.loop.time()
             if name in self.models:
                 self._remove(name, "unloaded through the API")
+        pipelines.refresh(self.models)
 
     async def close(self) -> None:
         """Unload everything and wait for it (shutdown)."""

@@ -8,12 +8,13 @@ request's token (http/routes.py makes them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from cachetools import LRUCache
 
-from ..errors import Unauthorized
+from ..errors import Forbidden, Unauthorized
 from .tokens import Network, Token, contains, parse_network
 
 MAX_CACHED = 4096
@@ -140,3 +141,20 @@ class Grant:
             self.bucket -= 1.0
             return 0.0
         return (1.0 - self.bucket) / self.rate
+
+
+Steps = Callable[[str], tuple[str, ...]]
+"""Model -> the models it runs as a pipeline's steps (pipelines.step_models); () for others."""
+
+
+def no_steps(model: str) -> tuple[str, ...]:
+    return ()
+
+
+def check_steps(grant: Grant, model: str, steps: Steps) -> None:
+    """A token limited to some models may use a pipeline only if it may use every step's."""
+    for step in steps(model):
+        if not grant.allows_model(step):
+            raise Forbidden(
+                f"API token {grant.name!r} may not use model {step!r}, a step of pipeline {model!r}"
+            )

@@ -29,7 +29,7 @@ from cachetools import LRUCache
 
 from ..errors import CinferError, Forbidden, TooManyRequests, Unauthorized
 from ..settings import AuthSettings
-from .grant import MAX_CACHED, Grant, LeaseNeeded, Need, UnknownToken
+from .grant import MAX_CACHED, Grant, LeaseNeeded, Need, Steps, UnknownToken, check_steps, no_steps
 from .store import Bucket, Database, LogRow, Refusals, UsageCount
 from .tokens import (
     Clock,
@@ -85,6 +85,7 @@ class Guard:
         self._catching_up: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
+        self.steps: Steps = no_steps  # create_app: a pipeline needs each step's model too
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -371,6 +372,8 @@ class Guard:
                 )
         if need.model is not None and grant.patterns and not grant.allows_model(need.model):
             raise Forbidden(f"API token {grant.name!r} may not use model {need.model!r}")
+        if need.model is not None and grant.patterns:
+            check_steps(grant, need.model, self.steps)
         if need.every_model and grant.patterns:
             raise Forbidden(
                 f"API token {grant.name!r} is limited to models {','.join(grant.patterns)}; "

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from starlette.requests import Request
 
+from .. import pipelines
 from ..auth.accounts import Accounts
 from ..auth.admission import Admission
 from ..auth.guard import Guard
@@ -63,6 +64,9 @@ def create_app(
     the app, over the same DataPlane and tokens (`cinfer serve` passes ``[grpc] port``).
     """
     limit = settings.server.max_request_bytes
+    if guard is not None:  # a pipeline needs the right to each of its steps' models
+        models = dataplane.reconciler.models
+        guard.steps = lambda name: pipelines.step_models(models, name)
     admission = Admission(guard) if guard is not None else None
     gate = Gate(admission) if admission is not None else None
     exposition = Exposition(

@@ -43,12 +43,19 @@ def test_every_engine_serves_the_digits_sample(repo: Path) -> None:
                 ],
             )
             answers[name] = (result.as_numpy("probabilities"), result.as_numpy("label"))
+        # The digits_engines pipeline runs the three at once and answers each one's label.
+        assert client.get_model_metadata("digits_engines")["platform"] == "ensemble"
+        image = triton.InferInput("image", [8, 64], "FP32")
+        image.set_data_from_numpy(images, binary_data=True)
+        together = client.infer("digits_engines", [image])
         client.close()
     probabilities, labels = answers["digits"]
     assert probabilities.shape == (8, 10) and labels.dtype == np.int64
     for name in ("digits_openvino", "digits_torch"):
         np.testing.assert_allclose(answers[name][0], probabilities, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(answers[name][1], labels)
+    for engine in ("onnxruntime", "openvino", "torch"):
+        np.testing.assert_array_equal(together.as_numpy(f"label_{engine}"), labels)
 
 
 def test_the_mnist_sample_reads_its_example_images_and_names_the_digits(repo: Path) -> None:
