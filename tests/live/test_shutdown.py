@@ -68,6 +68,8 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, repo: Path) -> N
         wait_until(refused, "the server to stop accepting connections")
         for thread in threads:
             thread.join(timeout=60)
+        for conn in connections:
+            conn.close()
         returncode = proc.wait(timeout=60)
 
     assert [status for status, _ in results] == [200, 200, 200], results
