@@ -51,6 +51,8 @@ PLATFORMS = {
     "openvino": ("openvino", "openvino"),
     "torch": ("pytorch_libtorch", "pytorch"),
     "pipeline": ("ensemble", "ensemble"),  # Triton's name for models run as steps of one
+    "python": ("python", "python"),
+    "sklearn": ("sklearn", "python"),  # run by the python engine's workers
 }
 
 

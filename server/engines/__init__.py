@@ -29,10 +29,12 @@ ENGINES: dict[str, str] = {
     "onnxruntime": "server.engines.onnxruntime:ONNXRuntimeEngine",
     "openvino": "server.engines.openvino:OpenVINOEngine",
     "torch": "server.engines.torch:TorchEngine",
+    "python": "server.engines.python:PythonEngine",
+    "sklearn": "server.engines.sklearn:SklearnEngine",
 }
 
 #: The pip extra that installs each engine's runtime.
-EXTRAS = {"openvino": "openvino", "torch": "torch"}
+EXTRAS = {"openvino": "openvino", "torch": "torch", "sklearn": "sklearn"}
 
 CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
@@ -54,6 +56,10 @@ class LoadOptions:
     declared_outputs: Sequence[TensorSpec] | None = None
     """The declared schema with full shapes (batch dim included), for engines whose files
     carry no signature."""
+    python: str | None = None
+    """The interpreter of the python and sklearn engines' workers (None: the server's)."""
+    timeout_s: float | None = None
+    """The longest a python or sklearn predict may run (None: no limit)."""
 
 
 class Engine(Protocol):
