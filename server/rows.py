@@ -5,16 +5,21 @@ Used by the engine threads (scheduler.py) for every batch of more than one reque
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from .errors import EngineError
 
-if TYPE_CHECKING:
-    from .scheduler import Job, Outputs, Result
 
-#: Batches up to this size are joined holding the GIL (see _concat).
+class HasRows(Protocol):
+    rows: int
+
+
+J = TypeVar("J", bound=HasRows)
+
+#: Batches up to this size are joined holding the GIL (see concat).
 JOIN_MAX_BYTES = 1 << 20
 #: numpy releases the GIL for copies of more elements than this (NPY_BEGIN_THREADS_THRESHOLDED).
 NUMPY_GIL_MIN_ELEMENTS = 500
@@ -53,14 +58,17 @@ def union(lists: Any) -> list[str]:
     return list(seen)
 
 
-def split(batch: list[Job], outputs: Outputs, rows: int) -> list[Result]:
+def split(
+    batch: Sequence[J], outputs: dict[str, np.ndarray], rows: int
+) -> list[tuple[J, dict[str, np.ndarray] | None, BaseException | None]]:
+    """Each job's rows of the batch's outputs, in the batch's order."""
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != rows:
             raise EngineError(
                 f"output '{name}' has shape {list(array.shape)}, which does not split into "
                 f"a batch of {rows} rows"
             )
-    results: list[Result] = []
+    results: list[tuple[J, dict[str, np.ndarray] | None, BaseException | None]] = []
     offset = 0
     for job in batch:
         end = offset + job.rows
