@@ -11,9 +11,10 @@ those whose inputs are all available can run together.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from .chains import Chain, Link, chainable
 from .errors import CinferError, ConfigError, Unavailable
 from .inference import InferInput, InferRequest, InferResponse
 from .model_config import ModelConfig, Step, TensorSpec
@@ -180,7 +181,16 @@ async def run(
     each through `infer` (the DataPlane's, so the step model batches, counts and logs the
     request as any other); a step output goes on to the next step as the array it is."""
     values: dict[str, Any] = dict(arrays)
-    for wave in version.waves:
+    waves, at = version.waves, 0
+    while at < len(waves):
+        wave = waves[at]
+        # Steps that each wait for the one before go from engine thread to engine thread,
+        # without the loop between them (chains.py).
+        chain = _chain(models, waves, at)
+        if chain:
+            await Chain(chain, values).run()
+            at += len(chain)
+            continue
         if len(wave) == 1:  # no task to create for a step that runs alone
             answers = [await _step(infer, models, wave[0], values)]
         else:
@@ -188,7 +198,32 @@ async def run(
         for step, outputs in zip(wave, answers, strict=True):
             for key, array in outputs.items():
                 values[f"{step.name}.{key}"] = array
+        at += 1
     return {out.name: values[out.source] for out in version.config.outputs or () if out.source}
+
+
+def _chain(
+    models: Mapping[str, Model], waves: Sequence[Sequence[Step]], at: int
+) -> list[Link] | None:
+    """The steps of the waves of one step from `at` on whose models can be chained, when
+    there are two or more of them."""
+    links: list[Link] = []
+    for wave in waves[at:]:
+        if len(wave) != 1:
+            break
+        step = wave[0]
+        model = models.get(step.model)
+        if model is None:
+            break
+        try:
+            found = model.get(None if step.version is None else str(step.version))
+        except CinferError:
+            break
+        if not found.ready or not chainable(found):
+            break
+        datatypes = {t.name: t.datatype for t in found.config.inputs or ()}
+        links.append(Link(step, found, datatypes))
+    return links if len(links) > 1 else None
 
 
 async def _step(

@@ -35,6 +35,7 @@ from .counters import BatchStats, InstanceStats
 from .engines import Engine
 from .errors import CinferError, EngineError, Unavailable
 from .model_config import ModelConfig
+from .rows import concat, split, union
 
 log = logging.getLogger("cinfer")
 
@@ -46,11 +47,6 @@ CALM_JOBS = 64
 #: Engine runs shorter than this (moving average) are dominated by the GIL hand-off, not by
 #: compute: only then does an engine thread join the loop's core.
 PIN_MAX_RUN_NS = 100_000
-
-#: Batches up to this size are joined holding the GIL (see _concat).
-JOIN_MAX_BYTES = 1 << 20
-#: numpy releases the GIL for copies of more elements than this (NPY_BEGIN_THREADS_THRESHOLDED).
-NUMPY_GIL_MIN_ELEMENTS = 500
 
 _STOP = object()  # one per worker: the worker that takes it finishes its batch and exits
 _WAKE = object()  # nudges an idle worker to look at held-back jobs
@@ -77,6 +73,14 @@ class Job:
         self.future = future
         self.pool = pool
         self.enqueued = time.perf_counter_ns()
+
+    #: A job that continues on the engine thread once answered (chains.ChainJob) defines
+    #: then(outputs), returning the result to deliver to the loop, or None for none yet.
+    then: Any = None
+
+    def finished(self) -> None:
+        """On the loop, once the job's result is delivered."""
+        self.pool._finished()
 
 
 class Completions:
@@ -108,7 +112,7 @@ class Completions:
         done = self._done
         while done:
             job, result, error = done.popleft()
-            job.pool._finished()
+            job.finished()
             future = job.future
             if future.done():  # the client went away
                 continue
@@ -235,6 +239,18 @@ class InstancePool:
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int
     ) -> asyncio.Future[Outputs]:
         """Queue one request; the future resolves on the loop with its outputs."""
+        future: asyncio.Future[Outputs] = self._loop.create_future()
+        key = (
+            tuple((name, a.dtype, a.shape[1:]) for name, a in inputs.items())
+            if self._batching
+            else None
+        )
+        self.put(Job(inputs, outputs, rows, key, future, self))
+        self.pending += 1
+        return future
+
+    def put(self, job: Job) -> None:
+        """Queue `job` (from the loop, or an engine thread for a chain's next step)."""
         if self._closed:
             raise Unavailable(f"model {self.label} is unloading")
         if self._max_queue and self._queue.qsize() + len(self._held) >= self._max_queue:
@@ -242,15 +258,7 @@ class InstancePool:
                 f"model {self.label}: queue full ({self._max_queue} requests waiting, "
                 "[batching] max_queue_size)"
             )
-        future: asyncio.Future[Outputs] = self._loop.create_future()
-        key = (
-            tuple((name, a.dtype, a.shape[1:]) for name, a in inputs.items())
-            if self._batching
-            else None
-        )
-        self.pending += 1
-        self._queue.put(Job(inputs, outputs, rows, key, future, self))
-        return future
+        self._queue.put(job)
 
     def _finished(self) -> None:
         self.pending -= 1
@@ -376,12 +384,12 @@ class InstancePool:
                     stats.queue_histogram.observe(waited)
                     rows += job.rows
                 first = batch[0].inputs
-                inputs = {n: _concat([j.inputs[n] for j in batch]) for n in first}
-                names = _union(job.outputs for job in batch)
+                inputs = {n: concat([j.inputs[n] for j in batch]) for n in first}
+                names = union(job.outputs for job in batch)
                 ready = time.perf_counter_ns()
                 outputs = self.engine.run(instance, inputs, names)
                 ran = time.perf_counter_ns()
-                results = _split(batch, outputs, rows)
+                results = split(batch, outputs, rows)
                 done = time.perf_counter_ns()
         except Exception as exc:
             error = exc if isinstance(exc, CinferError) else EngineError(f"{self.label}: {exc}")
@@ -410,9 +418,12 @@ class InstancePool:
         per_size.compute_infer_ns += ran - ready
         per_size.compute_output_ns += done - ran
         if results is None:
-            self._completions.put(job, outputs, None)
+            if job.then is None:
+                self._completions.put(job, outputs, None)
+            elif (result := job.then(outputs)) is not None:
+                self._completions.put(*result)
         else:
-            self._completions.put_many(results)
+            self._completions.put_many([r for r in map(_then, results) if r is not None])
 
     def _expire(self, batch: list[Job], now: int) -> list[Job]:
         """Drop cancelled requests and answer those that waited past [batching] timeout_us."""
@@ -435,57 +446,14 @@ class InstancePool:
         return keep
 
 
+def _then(result: Result) -> Result | None:
+    """A batch's result to deliver: as it is, or what its job's continuation gives."""
+    job, outputs, _ = result
+    return result if job.then is None else job.then(outputs)
+
+
 def _any_cancelled(batch: list[Job]) -> bool:
     for job in batch:  # noqa: SIM110 - a plain loop: no generator object per batch
         if job.future.cancelled():
             return True
     return False
-
-
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    """The batch's rows in one array, copied without letting go of the GIL when small.
-
-    numpy releases the GIL for every copy of more than 500 elements. Here the event loop is
-    waiting for it, so each release hands the GIL over and the copy then waits for the loop to
-    give it back: joining 24 rows of 1024 floats took 180 us that way against a busy thread,
-    12 us as one `bytearray.join` (which keeps the GIL). Large batches keep numpy's copy, where
-    the loop's progress meanwhile is worth the hand-offs.
-    """
-    first = arrays[0]
-    dtype = first.dtype
-    # Small rows: numpy keeps the GIL for copies this small.
-    if first.size <= NUMPY_GIL_MIN_ELEMENTS or dtype.hasobject or not dtype.isnative:
-        return np.concatenate(arrays)
-    rows = 0
-    for array in arrays:  # dtype and trailing shape are the same: the jobs share a key
-        if not array.flags.c_contiguous:
-            return np.concatenate(arrays)
-        rows += array.shape[0]
-    if rows * (first.nbytes // first.shape[0]) > JOIN_MAX_BYTES:
-        return np.concatenate(arrays)
-    data = bytearray().join([array.data for array in arrays])
-    return np.frombuffer(data, dtype).reshape((rows, *first.shape[1:]))
-
-
-def _union(lists: Any) -> list[str]:
-    seen: dict[str, None] = {}
-    for names in lists:
-        for name in names:
-            seen[name] = None
-    return list(seen)
-
-
-def _split(batch: list[Job], outputs: Outputs, rows: int) -> list[Result]:
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != rows:
-            raise EngineError(
-                f"output '{name}' has shape {list(array.shape)}, which does not split into "
-                f"a batch of {rows} rows"
-            )
-    results: list[Result] = []
-    offset = 0
-    for job in batch:
-        end = offset + job.rows
-        results.append((job, {n: a[offset:end] for n, a in outputs.items()}, None))
-        offset = end
-    return results

@@ -13,7 +13,8 @@ from server.engines import LoadOptions
 from server.engines.onnxruntime import ONNXRuntimeEngine
 from server.errors import InvalidRequest, Unavailable
 from server.model_config import ModelConfig
-from server.scheduler import Completions, InstancePool, _concat
+from server.rows import concat as _concat
+from server.scheduler import Completions, InstancePool
 from tests import onnx_models
 from tests.conftest import eventually
 

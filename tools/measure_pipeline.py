@@ -79,12 +79,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-c", "--connections", type=int, default=8)
+    parser.add_argument(
+        "--batching", action="store_true",
+        help="give tiny [batching] (max_queue_delay_us = 0): concurrent requests share runs",
+    )  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None or not (PEERS / "repo-ours" / "tiny").is_dir():
         sys.exit("needs wrk and the peers' tiny model: run ../shared/peers/compare.sh once")
     with tempfile.TemporaryDirectory(prefix="cinfer-pipeline-") as tmp:
         root = Path(tmp) / "repository"
         shutil.copytree(PEERS / "repo-ours" / "tiny", root / "tiny")
+        if args.batching:
+            with open(root / "tiny" / "model.toml", "a") as toml:
+                toml.write("\n[batching]\nmax_queue_delay_us = 0\n")
         (root / "tiny2" / "1").mkdir(parents=True)
         (root / "tiny2" / "model.toml").write_text(PIPELINE)
         port = free_port()
