@@ -48,7 +48,19 @@ def test_every_engine_serves_the_digits_sample(repo: Path) -> None:
         image = triton.InferInput("image", [8, 64], "FP32")
         image.set_data_from_numpy(images, binary_data=True)
         together = client.infer("digits_engines", [image])
+        # digits_uint8: a Python step rescales 0..255 pixels, then the ONNX model classifies.
+        pixels = np.round(images * 255 / 16).astype(np.uint8)
+        rescaled = pixels.astype(np.float32) * (np.float32(16) / np.float32(255))
+        image = triton.InferInput("image", [8, 64], "FP32")
+        image.set_data_from_numpy(rescaled, binary_data=True)
+        direct = client.infer("digits", [image]).as_numpy("label")
+        raw = triton.InferInput("pixels", [8, 64], "UINT8")
+        raw.set_data_from_numpy(pixels, binary_data=True)
+        piped = client.infer("digits_uint8", [raw])
+        assert client.get_model_metadata("digits_rescale")["platform"] == "python"
         client.close()
+    np.testing.assert_array_equal(piped.as_numpy("label"), direct)
+    assert piped.as_numpy("probabilities").shape == (8, 10)
     probabilities, labels = answers["digits"]
     assert probabilities.shape == (8, 10) and labels.dtype == np.int64
     for name in ("digits_openvino", "digits_torch"):
