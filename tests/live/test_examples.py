@@ -189,6 +189,10 @@ class Session:
         onnx_models.copy_samples(self.project / "repository")
         # The image sample too: docs/images.md sends its example files.
         shutil.copytree(onnx_models.SAMPLES / "mnist", self.project / "repository" / "mnist")
+        if path.name == "engines.md":  # docs/engines.md asks the sklearn sample
+            shutil.copytree(
+                onnx_models.SAMPLES / "iris_sklearn", self.project / "repository" / "iris_sklearn"
+            )
         self._stack = stack
         self._url: str | None = None
         self.variables: dict[str, tuple[str, bool]] = {}
