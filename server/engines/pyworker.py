@@ -23,6 +23,8 @@ import pathlib
 import socket
 import struct
 import sys
+import threading
+import time
 import traceback
 import types
 from array import array as int_array
@@ -343,7 +345,17 @@ def serve(sock: socket.socket) -> None:
         close()
 
 
+def orphaned_exit(parent: int) -> None:
+    """Exit when the server is gone, even while predict runs (a busy or hung model never
+    reads the socket's end-of-file). Not PR_SET_PDEATHSIG: that fires when the server thread
+    that started this process ends, and threads that start workers come and go."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(70)
+
+
 if __name__ == "__main__":
+    threading.Thread(target=orphaned_exit, args=(os.getppid(),), daemon=True).start()
     channel = socket.socket(fileno=int(sys.argv[1]))
     try:
         import numpy as np

@@ -225,8 +225,10 @@ class Pid:
         x = inputs["X"]
         if x[0, 0] == 1:
             os.kill(os.getpid(), 9)
-        if x[0, 0] == 2:
+        if x[0, 0] >= 2:
             import time
+            if x[0, 0] == 3:
+                open(os.path.join(os.path.dirname(__file__), "hung"), "w").close()
             time.sleep(60)
         return {"Y": np.full(x.shape, os.getpid(), np.float32)}
 """
@@ -351,8 +353,8 @@ def test_an_interpreter_without_numpy_or_missing_is_a_load_error(tmp_path: Path)
         engine(path, python="/nowhere/python")
 
 
-def test_a_killed_server_side_leaves_no_worker_behind(tmp_path: Path) -> None:
-    """A worker exits when the server's end of its socket closes (the server died)."""
+def test_a_worker_in_a_hung_predict_exits_when_the_server_dies(tmp_path: Path) -> None:
+    """The server is SIGKILLed while its worker sleeps in predict: the worker exits too."""
     path = write_model(tmp_path, PID)
     script = "\n".join(
         [
@@ -369,6 +371,12 @@ def test_a_killed_server_side_leaves_no_worker_behind(tmp_path: Path) -> None:
             "e = PythonEngine(options)",
             "answer = e.run(0, {'X': np.zeros((1, 16), np.float32)}, ['Y'])",
             "print(int(answer['Y'][0, 0]), flush=True)",
+            # A predict that never ends: the worker never reads the socket's end-of-file.
+            "import threading, time",
+            "hang = {'X': np.full((1, 16), 3, np.float32)}",
+            "threading.Thread(target=e.run, args=(0, hang, ['Y']), daemon=True).start()",
+            f"hung = Path({str(path.parent / 'hung')!r})",
+            "while not hung.exists(): time.sleep(0.01)",
             "os.kill(os.getpid(), 9)",
         ]
     )
