@@ -1,13 +1,15 @@
 """Python models against Triton's Python backend, and an ONNX model beside a busy Python one
 (docs/performance.md, "Python models (issue 17)"), measured with wrk.
 
-    .venv/bin/python tools/measure_python.py [--seconds 4] [--rounds 3]
+    .venv/bin/python tools/measure_python.py [--seconds 4] [--rounds 3] [--batching]
 
 Two loads, each alternating round by round:
 
 - `affine`, a Python model computing 2x + 1 on FP32 [-1, 16], written once for this server
   (engine = "python") and once for Triton's Python backend, at c=1 and c=8 with the same
-  binary body (the peers' `tiny` body: INPUT0 FP32 [1, 16]);
+  binary body (the peers' `tiny` body: INPUT0 FP32 [1, 16]), one instance each; with
+  --batching, dynamic batching on both sides (`[batching]` with no delay here,
+  `dynamic_batching { }` in Triton's config);
 - the peers' `tiny` ONNX model at c=8 on this server alone, and again while a second wrk
   keeps `busy` (a Python model spinning a core for 20 ms per request) loaded at c=2.
 
@@ -130,15 +132,18 @@ def wait_ready(url: str, server: subprocess.Popen[bytes], what: str) -> None:
         time.sleep(0.2)
 
 
-def repositories(tmp: Path) -> tuple[Path, Path]:
+def repositories(tmp: Path, batching: bool) -> tuple[Path, Path]:
     ours, triton = tmp / "ours", tmp / "triton"
     for name, code in (("affine", AFFINE_PY), ("busy", BUSY_PY)):
         (ours / name / "1").mkdir(parents=True)
-        (ours / name / "model.toml").write_text(AFFINE_TOML)
+        toml = AFFINE_TOML + ("\n[batching]\n" if batching and name == "affine" else "")
+        (ours / name / "model.toml").write_text(toml)
         (ours / name / "1" / "model.py").write_text(code)
     shutil.copytree(PEERS / "repo-ours" / "tiny", ours / "tiny")
     (triton / "affine" / "1").mkdir(parents=True)
-    (triton / "affine" / "config.pbtxt").write_text(TRITON_CONFIG)
+    (triton / "affine" / "config.pbtxt").write_text(
+        TRITON_CONFIG + ("dynamic_batching { }\n" if batching else "")
+    )
     (triton / "affine" / "1" / "model.py").write_text(TRITON_PY)
     return ours, triton
 
@@ -186,11 +191,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batching", action="store_true", help="dynamic batching on both")
     args = parser.parse_args()
     if shutil.which("wrk") is None or not (PEERS / "triton-backends" / "python").is_dir():
         sys.exit("needs wrk and the peers' Triton: run ../shared/peers/compare.sh once")
     with tempfile.TemporaryDirectory(prefix="cinfer-python-") as tmp:
-        ours_repo, triton_repo = repositories(Path(tmp))
+        ours_repo, triton_repo = repositories(Path(tmp), args.batching)
         port = free_port()
         base, triton_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{TRITON_PORT}"
         servers = [

@@ -41,6 +41,7 @@ from ..datatypes import NUMPY
 from ..errors import CinferError, ModelLoadError, Unavailable
 from ..model_config import TensorSpec
 from . import LoadOptions
+from .pyworker import CLOSE, PREDICT, Tensor, pack, unpack
 
 log = logging.getLogger("cinfer")
 
@@ -117,12 +118,14 @@ class Worker:
             theirs.close()
         self.sock = ours
         self._inbox = bytearray(MAX_MESSAGE)
+        self._timeout: float | None = None  # the socket's, as last set
         self.requests: Segment | None = None
         self.answers: Segment | None = None
         self.info: dict[str, Any] = {}
         try:
-            self._send({"op": "load", **load})
-            reply, _ = self._receive(None)
+            self._send(json.dumps({"op": "load", **load}).encode())
+            data, _ = self._receive(None)
+            reply: dict[str, Any] = json.loads(bytes(data))
         except WorkerDied as exc:
             self.close()
             raise ModelLoadError(f"the worker {exc} before the model loaded") from exc
@@ -135,45 +138,48 @@ class Worker:
     def run(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], timeout: float | None
     ) -> dict[str, Any]:
-        tensors: list[list[Any]] = []
+        tensors: list[Tensor] = []
         blobs: list[bytes | np.ndarray] = []
         size = 0
         for name, array in inputs.items():
             if array.dtype.kind in STRING_KINDS:
                 blob: bytes | np.ndarray = _encode_bytes(array)
-                tensors.append([name, "bytes", list(array.shape), size, len(blob)])
+                nbytes = len(blob)
+                tensors.append((name, "bytes", array.shape, size, nbytes))
             else:
                 blob = np.ascontiguousarray(array)
-                tensors.append([name, blob.dtype.str, list(array.shape), size, blob.nbytes])
+                nbytes = blob.nbytes
+                tensors.append((name, blob.dtype.str, array.shape, size, nbytes))
             blobs.append(blob)
-            size += tensors[-1][4]
-            size += -size % 64
+            size += nbytes + (-nbytes % 64)
         fds = []
-        message: dict[str, Any] = {"op": "predict", "inputs": tensors, "outputs": list(outputs)}
+        grown = 0
         if self.requests is None or size > self.requests.size:
             if self.requests is not None:
                 self.requests.close()
             self.requests = Segment.create(1 << max(16, (size - 1).bit_length()))
             fds.append(self.requests.fd)
-            message["size"] = self.requests.size
+            grown = self.requests.size
         buffer = self.requests.map
         for (_, _, _, offset, nbytes), blob in zip(tensors, blobs):
             if isinstance(blob, bytes):
                 buffer[offset : offset + nbytes] = blob
             elif nbytes:
-                np.frombuffer(buffer, np.uint8, nbytes, offset)[:] = blob.reshape(-1).view(np.uint8)
-        self._send(message, fds)
-        reply, received = self._receive(timeout)
+                buffer[offset : offset + nbytes] = blob.data.cast("B")
+        self._send(pack(PREDICT, grown, tensors, list(outputs)), fds)
+        data, received = self._receive(timeout)
+        if data[0] == ord("{"):
+            error: dict[str, Any] = json.loads(bytes(data))
+            return error
+        _, grown, answered, _ = unpack(data)
         if received:
             if self.answers is not None:
                 self.answers.close()
-            self.answers = Segment(received[0], reply["size"])
-        if "error" in reply:
-            return reply
+            self.answers = Segment(received[0], grown)
         answers = self.answers
+        assert answers is not None, "an answer before any answer segment"
         result: dict[str, np.ndarray] = {}
-        for name, dtype, shape, offset, nbytes in reply["outputs"]:
-            assert answers is not None
+        for name, dtype, shape, offset, nbytes in answered:
             if dtype == "bytes":
                 result[name] = _decode_bytes(answers.map, offset, nbytes, shape)
             else:
@@ -181,8 +187,7 @@ class Worker:
                 result[name] = view.reshape(shape).copy()  # the segment is reused
         return {"outputs": result}
 
-    def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
-        data = json.dumps(message).encode()
+    def _send(self, data: bytes, fds: Sequence[int] = ()) -> None:
         try:
             if fds:
                 socket.send_fds(self.sock, [data], list(fds))
@@ -191,8 +196,10 @@ class Worker:
         except OSError:
             raise WorkerDied(self._status()) from None
 
-    def _receive(self, timeout: float | None) -> tuple[dict[str, Any], list[int]]:
-        self.sock.settimeout(timeout)
+    def _receive(self, timeout: float | None) -> tuple[memoryview, list[int]]:
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
         try:
             size, ancillary, _, _ = self.sock.recvmsg_into([self._inbox], FDS_SPACE)
         except TimeoutError:
@@ -203,8 +210,7 @@ class Worker:
             size, ancillary = 0, []
         if not size:
             raise WorkerDied(self._status())
-        message: dict[str, Any] = json.loads(self._inbox[:size])
-        return message, _received_fds(ancillary) if ancillary else []
+        return memoryview(self._inbox)[:size], _received_fds(ancillary) if ancillary else []
 
     def _status(self) -> str:
         try:
@@ -221,7 +227,7 @@ class Worker:
     def close(self) -> None:
         if self.alive:
             try:
-                self.sock.send(b'{"op": "close"}')
+                self.sock.send(pack(CLOSE, 0, []))
                 self.process.wait(timeout=CLOSE_WAIT_S)
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
@@ -424,7 +430,9 @@ def _encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_bytes(buffer: mmap.mmap, offset: int, nbytes: int, shape: list[int]) -> np.ndarray:
+def _decode_bytes(
+    buffer: mmap.mmap, offset: int, nbytes: int, shape: tuple[int, ...]
+) -> np.ndarray:
     items, end = [], offset + nbytes
     while offset < end:
         length = int.from_bytes(buffer[offset : offset + 4], "little")
