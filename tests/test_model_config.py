@@ -166,6 +166,23 @@ def test_batching_defaults() -> None:
             r"OpenVINO device name such as GPU or GPU.1",
         ),
         ('engine = "torch"\ndevice = "cuda:x"\n', r"device 'cuda:x': use cpu"),
+        (
+            'engine = "onnxruntime"\npython = "/usr/bin/python3"\n',
+            r'python is for engine = "python"',
+        ),
+        ('engine = "torch"\ntimeout_s = 5\n', r'timeout_s is for engine = "python" or "sklearn"'),
+        ('engine = "python"\ntimeout_s = 0\n', r"timeout_s: Input should be greater than 0"),
+        (
+            'engine = "python"\n[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [1]\n'
+            'method = "predict"\n',
+            r"outputs: 'y': method = ... is for engine = \"sklearn\"",
+        ),
+        (
+            'engine = "sklearn"\n[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [1]\n'
+            'method = "fit"\n',
+            r"method: Input should be 'predict', 'predict_proba', 'decision_function' or "
+            r"'transform'",
+        ),
     ],
 )
 def test_errors_name_the_key(text: str, message: str) -> None:

@@ -23,14 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from array import array as int_array
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,17 @@ from ..datatypes import NUMPY
 from ..errors import CinferError, ModelLoadError, Unavailable
 from ..model_config import TensorSpec
 from . import LoadOptions
-from .pyworker import CLOSE, PREDICT, Tensor, pack, unpack
+from .pyworker import (
+    CLOSE,
+    PREDICT,
+    Segment,
+    Tensor,
+    encode_bytes,
+    pack,
+    read_bytes,
+    received_fds,
+    unpack,
+)
 
 log = logging.getLogger("cinfer")
 
@@ -78,24 +86,6 @@ def exit_status(code: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with status {code}"
-
-
-class Segment:
-    """A shared memory segment (a memfd) mapped into this process."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd, self.size = fd, size
-        self.map = mmap.mmap(fd, size)
-
-    @classmethod
-    def create(cls, size: int) -> Segment:
-        fd = os.memfd_create("cinfer-requests", os.MFD_CLOEXEC)
-        os.ftruncate(fd, size)
-        return cls(fd, size)
-
-    def close(self) -> None:
-        self.map.close()
-        os.close(self.fd)
 
 
 class Worker:
@@ -143,7 +133,7 @@ class Worker:
         size = 0
         for name, array in inputs.items():
             if array.dtype.kind in STRING_KINDS:
-                blob: bytes | np.ndarray = _encode_bytes(array)
+                blob: bytes | np.ndarray = encode_bytes(array)
                 nbytes = len(blob)
                 tensors.append((name, "bytes", array.shape, size, nbytes))
             else:
@@ -157,7 +147,7 @@ class Worker:
         if self.requests is None or size > self.requests.size:
             if self.requests is not None:
                 self.requests.close()
-            self.requests = Segment.create(1 << max(16, (size - 1).bit_length()))
+            self.requests = Segment.create(1 << max(16, (size - 1).bit_length()), "cinfer-requests")
             fds.append(self.requests.fd)
             grown = self.requests.size
         buffer = self.requests.map
@@ -181,7 +171,7 @@ class Worker:
         result: dict[str, np.ndarray] = {}
         for name, dtype, shape, offset, nbytes in answered:
             if dtype == "bytes":
-                result[name] = _decode_bytes(answers.map, offset, nbytes, shape)
+                result[name] = read_bytes(answers.map, offset, nbytes, shape)
             else:
                 view = np.frombuffer(answers.map, dtype, nbytes // np.dtype(dtype).itemsize, offset)
                 result[name] = view.reshape(shape).copy()  # the segment is reused
@@ -210,7 +200,7 @@ class Worker:
             size, ancillary = 0, []
         if not size:
             raise WorkerDied(self._status())
-        return memoryview(self._inbox)[:size], _received_fds(ancillary) if ancillary else []
+        return memoryview(self._inbox)[:size], received_fds(ancillary) if ancillary else []
 
     def _status(self) -> str:
         try:
@@ -411,34 +401,3 @@ def _describe(reply: dict[str, Any], file: str) -> str:
 def _log_traceback(label: str, reply: dict[str, Any]) -> None:
     if reply.get("traceback"):
         log.error("model %s: %s\n%s", label, reply["error"], reply["traceback"].rstrip())
-
-
-def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(int_array("i", data[: len(data) - len(data) % 4]))
-    return fds
-
-
-def _encode_bytes(array: np.ndarray) -> bytes:
-    parts = []
-    for item in array.ravel():
-        value = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(len(value).to_bytes(4, "little"))
-        parts.append(value)
-    return b"".join(parts)
-
-
-def _decode_bytes(
-    buffer: mmap.mmap, offset: int, nbytes: int, shape: tuple[int, ...]
-) -> np.ndarray:
-    items, end = [], offset + nbytes
-    while offset < end:
-        length = int.from_bytes(buffer[offset : offset + 4], "little")
-        offset += 4
-        items.append(buffer[offset : offset + length])
-        offset += length
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array.reshape(shape)

@@ -31,6 +31,13 @@ from array import array as int_array
 from math import prod
 from typing import Any
 
+try:
+    import numpy as np
+except ImportError as missing:  # reported to the server once the socket is there
+    NUMPY_MISSING: ImportError | None = missing
+else:
+    NUMPY_MISSING = None
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_MESSAGE = 1 << 18
 FDS_SPACE = socket.CMSG_SPACE(4 * 4)
@@ -129,8 +136,8 @@ class Segment:
         self.map = mmap.mmap(fd, size)
 
     @classmethod
-    def create(cls, size: int) -> Segment:
-        fd = os.memfd_create("cinfer-answers", os.MFD_CLOEXEC)
+    def create(cls, size: int, name: str = "cinfer-answers") -> Segment:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(fd, size)
         return cls(fd, size)
 
@@ -418,9 +425,7 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
     threading.Thread(target=orphaned_exit, args=(os.getppid(),), daemon=True).start()
     channel = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        import numpy as np
-    except ImportError as exc:
-        send(channel, {"error": f"{exc} (the worker needs numpy)", "during": "start"})
+    if NUMPY_MISSING is not None:
+        send(channel, {"error": f"{NUMPY_MISSING} (the worker needs numpy)", "during": "start"})
         sys.exit(1)
     serve(channel)

@@ -4,6 +4,7 @@ the repository (and what does not), the git notice and diff, and the audit log."
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import zipfile
@@ -353,3 +354,51 @@ def _try_body(page: str) -> str:
     found = re.search(r'<textarea id="body" name="body"[^>]*>(.*?)</textarea>', page, re.S)
     assert found, page[:2000]
     return html.unescape(found.group(1))
+
+
+PYTHON_TOML = """engine = "python"
+max_batch_size = 4
+[[inputs]]
+name = "X"
+datatype = "FP32"
+shape = [2]
+[[outputs]]
+name = "Y"
+datatype = "FP32"
+shape = [2]
+"""
+PYTHON_MODEL = """import os
+
+import numpy as np
+
+
+class Double:
+    def __init__(self, folder, parameters):
+        with open(parameters["marker"], "a") as f:
+            f.write(str(os.getpid()) + "\\n")
+
+    def predict(self, inputs):
+        return {"Y": inputs["X"] * 2}
+"""
+
+
+async def test_an_admin_uploads_a_python_model_and_the_page_says_it_runs_code(
+    tmp_path: Path,
+) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        marker = tmp_path / "constructed"
+        z.writestr("double/model.toml", PYTHON_TOML + f'[parameters]\nmarker = "{marker}"\n')
+        z.writestr("double/1/model.py", PYTHON_MODEL)
+    async with console_app(tmp_path) as (client, _):
+        await set_up(client)
+        page = await client.get("/console/upload")
+        assert 'id="code-notice"' in page.text
+        assert "Only admin\naccounts upload models, so only admins can add code" in page.text
+        answer = await _upload(client, archive.getvalue(), csrf(page), name="double")
+        assert answer.status_code == 303, answer.text
+        state = await _follow(client, "double", 1)
+        assert 'data-state="READY"' in state.text
+        # The code ran twice in worker processes: staged (the check), then published.
+        constructed = marker.read_text().split()
+        assert len(constructed) == 2 and str(os.getpid()) not in constructed
