@@ -26,8 +26,8 @@ import argparse
 import warnings
 from pathlib import Path
 
-import make_mnist
 import joblib
+import make_mnist
 import numpy as np
 import onnx
 import openvino as ov
@@ -200,7 +200,7 @@ def iris_onnx() -> tuple[onnx.ModelProto, float]:
 
 IRIS_SKLEARN_TOML = """\
 engine = "sklearn"
-description = "Iris flower classifier as a scikit-learn Pipeline (StandardScaler, LogisticRegression)"
+description = "Iris flower classifier, a scikit-learn Pipeline (StandardScaler, LogisticRegression)"
 max_batch_size = 64
 instances = 1
 
